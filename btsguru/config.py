@@ -1,0 +1,393 @@
+"""Configuration: read once from the environment and `.env` into a frozen `Config`.
+
+Every setting is declared once, below, as a field of `Config` with its environment name,
+default and a line of help (Datasette's `SETTINGS`); validation, `.env.example` and the
+README table all come from these declarations, and a test keeps them in agreement.
+Only `btsguru.app` and `btsguru.cli` call `load_config`; everything else is handed the
+`Config` it needs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from dotenv import dotenv_values
+
+from btsguru.errors import ConfigError
+from btsguru.sports import SPORTS
+
+# API-Sports' own hosts, used for a sport whose base URL is not configured.
+API_SPORTS_BASE_URLS: Mapping[str, str] = {
+    "football": "https://v3.football.api-sports.io",
+    "basketball": "https://v1.basketball.api-sports.io",
+    "hockey": "https://v1.hockey.api-sports.io",
+    "baseball": "https://v1.baseball.api-sports.io",
+    "american-football": "https://v1.american-football.api-sports.io",
+}
+
+
+class Secret:
+    """A setting that must never be printed: `repr` and `str` hide it (Starlette's Secret)."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __bool__(self) -> bool:
+        return bool(self._value)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(self._value)
+
+    def __repr__(self) -> str:
+        return "Secret('**********')" if self._value else "Secret('')"
+
+    __str__ = __repr__
+
+
+# -- parsers: each takes the raw string and returns the typed value or raises ValueError --
+
+
+def _parse_str(raw: str) -> str:
+    return raw.strip()
+
+
+def _parse_secret(raw: str) -> Secret:
+    return Secret(raw.strip())
+
+
+def _parse_int(minimum: int = 0, maximum: int | None = None) -> Callable[[str], int]:
+    def parse(raw: str) -> int:
+        try:
+            value = int(raw.strip())
+        except ValueError:
+            raise ValueError(f"expected an integer, got {raw!r}") from None
+        if value < minimum or (maximum is not None and value > maximum):
+            bounds = f">= {minimum}" if maximum is None else f"between {minimum} and {maximum}"
+            raise ValueError(f"expected an integer {bounds}, got {value}")
+        return value
+
+    return parse
+
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off"}
+
+
+def _parse_bool(raw: str) -> bool:
+    value = raw.strip().lower()
+    if value in _TRUE:
+        return True
+    if value in _FALSE:
+        return False
+    raise ValueError(f"expected true or false, got {raw!r}")
+
+
+def _parse_choice(*choices: str) -> Callable[[str], str]:
+    def parse(raw: str) -> str:
+        value = raw.strip().lower()
+        if value not in choices:
+            raise ValueError(f"expected one of {', '.join(choices)}, got {raw!r}")
+        return value
+
+    return parse
+
+
+def _parse_url(*schemes: str, allow_empty: bool = True) -> Callable[[str], str]:
+    def parse(raw: str) -> str:
+        value = raw.strip()
+        if not value and allow_empty:
+            return ""
+        parts = urlsplit(value)
+        if parts.scheme not in schemes:
+            expected = " or ".join(f"{scheme}://" for scheme in schemes)
+            raise ValueError(f"expected a URL starting with {expected}, got {_mask_url(value)!r}")
+        if parts.scheme not in ("memory", "sqlite", "unix") and not parts.hostname:
+            raise ValueError(f"expected a URL with a host, got {_mask_url(value)!r}")
+        return value
+
+    return parse
+
+
+def _parse_redis_url(raw: str) -> str:
+    value = _parse_url("redis", "rediss", "unix", "memory")(raw)
+    parts = urlsplit(value)
+    path = parts.path.strip("/")
+    if parts.scheme in ("redis", "rediss") and path and not (path.isdigit() and int(path) <= 15):
+        raise ValueError(f"expected a database number 0-15 after the host, got {path!r}")
+    return value
+
+
+def _parse_host(raw: str) -> str:
+    value = raw.strip()
+    if not value or "/" in value or " " in value:
+        raise ValueError(f"expected a host name, got {raw!r}")
+    return value
+
+
+def _parse_sports(raw: str) -> tuple[str, ...]:
+    names = tuple(dict.fromkeys(s.strip().lower() for s in raw.split(",") if s.strip()))
+    if not names:
+        raise ValueError("expected a comma-separated list of sports, got nothing")
+    unknown = [s for s in names if s not in SPORTS]
+    if unknown:
+        raise ValueError(f"unknown sport {unknown[0]!r}; known: {', '.join(SPORTS)}")
+    return names
+
+
+def _mask_url(url: str) -> str:
+    """The URL with any password replaced, for messages and logs."""
+    parts = urlsplit(url)
+    if parts.password:
+        netloc = parts.netloc.replace(f":{parts.password}@", ":****@")
+        return parts._replace(netloc=netloc).geturl()
+    return url
+
+
+def setting(env: str, default: str, help: str, parse: Callable[[str], Any] = _parse_str,
+            *, secret: bool = False) -> Any:
+    """Declare one setting: its environment name, default (as the text a user would
+    write in `.env`) and a line of help."""
+    return field(metadata={"env": env, "default": default, "help": help, "parse": parse,
+                           "secret": secret})
+
+
+_PORT = _parse_int(1, 65535)
+_DB_INDEX = _parse_int(0, 15)
+
+
+@dataclass(frozen=True)
+class Config:
+    # -- upstream (names from the original specification) --
+    rapidapi_key: Secret = setting(
+        "RAPIDAPI_KEY", "", "Upstream key (RapidAPI or API-Sports); required outside demo.",
+        _parse_secret, secret=True)
+    rapidapi_host: str = setting(
+        "RAPIDAPI_HOST", "v3.football.api-sports.io",
+        "Football's upstream host; a *.rapidapi.com host selects RapidAPI headers.", _parse_host)
+    rapidapi_base_url: str = setting(
+        "RAPIDAPI_BASE_URL", "https://v3.football.api-sports.io",
+        "Football's base URL (on RapidAPI it includes /v3).", _parse_url("http", "https"))
+    rapidapi_base_url_football: str = setting(
+        "RAPIDAPI_BASE_URL_FOOTBALL", "", "Football's base URL; overrides RAPIDAPI_BASE_URL.",
+        _parse_url("http", "https"))
+    rapidapi_base_url_basketball: str = setting(
+        "RAPIDAPI_BASE_URL_BASKETBALL", "", "Basketball's base URL (empty: API-Sports' host).",
+        _parse_url("http", "https"))
+    rapidapi_base_url_hockey: str = setting(
+        "RAPIDAPI_BASE_URL_HOCKEY", "", "Hockey's base URL (empty: API-Sports' host).",
+        _parse_url("http", "https"))
+    rapidapi_base_url_baseball: str = setting(
+        "RAPIDAPI_BASE_URL_BASEBALL", "", "Baseball's base URL (empty: API-Sports' host).",
+        _parse_url("http", "https"))
+    rapidapi_base_url_american_football: str = setting(
+        "RAPIDAPI_BASE_URL_AMERICAN_FOOTBALL", "",
+        "American football's base URL (empty: API-Sports' host).", _parse_url("http", "https"))
+    upstream_daily_quota: int = setting(
+        "UPSTREAM_DAILY_QUOTA", "7500",
+        "Upstream requests per UTC day per sport host (API-Sports Pro: 7500).", _parse_int(1))
+    upstream_minute_quota: int = setting(
+        "UPSTREAM_MINUTE_QUOTA", "300",
+        "Upstream requests per 60-second window per sport host (Pro: 300).", _parse_int(1))
+    upstream_daily_quota_football: int = setting(
+        "UPSTREAM_DAILY_QUOTA_FOOTBALL", "0", "Football's daily quota (0: UPSTREAM_DAILY_QUOTA).",
+        _parse_int(0))
+    upstream_daily_quota_basketball: int = setting(
+        "UPSTREAM_DAILY_QUOTA_BASKETBALL", "0",
+        "Basketball's daily quota (0: UPSTREAM_DAILY_QUOTA).", _parse_int(0))
+    upstream_daily_quota_hockey: int = setting(
+        "UPSTREAM_DAILY_QUOTA_HOCKEY", "0", "Hockey's daily quota (0: UPSTREAM_DAILY_QUOTA).",
+        _parse_int(0))
+    upstream_daily_quota_baseball: int = setting(
+        "UPSTREAM_DAILY_QUOTA_BASEBALL", "0", "Baseball's daily quota (0: UPSTREAM_DAILY_QUOTA).",
+        _parse_int(0))
+    upstream_daily_quota_american_football: int = setting(
+        "UPSTREAM_DAILY_QUOTA_AMERICAN_FOOTBALL", "0",
+        "American football's daily quota (0: UPSTREAM_DAILY_QUOTA).", _parse_int(0))
+    upstream_minute_quota_football: int = setting(
+        "UPSTREAM_MINUTE_QUOTA_FOOTBALL", "0",
+        "Football's per-minute quota (0: UPSTREAM_MINUTE_QUOTA).", _parse_int(0))
+    upstream_minute_quota_basketball: int = setting(
+        "UPSTREAM_MINUTE_QUOTA_BASKETBALL", "0",
+        "Basketball's per-minute quota (0: UPSTREAM_MINUTE_QUOTA).", _parse_int(0))
+    upstream_minute_quota_hockey: int = setting(
+        "UPSTREAM_MINUTE_QUOTA_HOCKEY", "0",
+        "Hockey's per-minute quota (0: UPSTREAM_MINUTE_QUOTA).", _parse_int(0))
+    upstream_minute_quota_baseball: int = setting(
+        "UPSTREAM_MINUTE_QUOTA_BASEBALL", "0",
+        "Baseball's per-minute quota (0: UPSTREAM_MINUTE_QUOTA).", _parse_int(0))
+    upstream_minute_quota_american_football: int = setting(
+        "UPSTREAM_MINUTE_QUOTA_AMERICAN_FOOTBALL", "0",
+        "American football's per-minute quota (0: UPSTREAM_MINUTE_QUOTA).", _parse_int(0))
+    sports: tuple[str, ...] = setting(
+        "BTSGURU_SPORTS", ",".join(SPORTS), "Comma list of the sports to relay.", _parse_sports)
+
+    # -- Redis --
+    redis_url: str = setting(
+        "REDIS_URL", "",
+        "Overrides the REDIS_HOST/PORT/PASSWORD variables; memory:// selects the embedded store.",
+        _parse_redis_url)
+    redis_host: str = setting("REDIS_HOST", "127.0.0.1", "Redis host.", _parse_host)
+    redis_port: int = setting("REDIS_PORT", "6379", "Redis port.", _PORT)
+    redis_password: Secret = setting("REDIS_PASSWORD", "", "Redis password.", _parse_secret,
+                                     secret=True)
+    redis_db: int = setting("REDIS_DB", "0",
+                            "Database for keys, rate limits and usage counters.", _DB_INDEX)
+    redis_cache_db: int = setting("REDIS_CACHE_DB", "1",
+                                  "Database for cached upstream responses.", _DB_INDEX)
+    redis_queue_db: int = setting("REDIS_QUEUE_DB", "2",
+                                  "Database for poller leases, schedules and job state.", _DB_INDEX)
+    redis_reverb_db: int = setting(
+        "REDIS_REVERB_DB", "3",
+        "Database for real-time state (history, presence); pub/sub channels carry the prefix.",
+        _DB_INDEX)
+    redis_cache_prefix: str = setting(
+        "REDIS_CACHE_PREFIX", "btsguru:", "Prefix of every Redis key and pub/sub channel.")
+
+    # -- real-time (names from the original specification) --
+    reverb_app_id: str = setting("REVERB_APP_ID", "btsguru", "Pusher app id (HTTP API path).")
+    reverb_app_key: str = setting("REVERB_APP_KEY", "btsguru-key",
+                                  "Pusher app key that clients connect with.")
+    reverb_app_secret: Secret = setting(
+        "REVERB_APP_SECRET", "", "Pusher app secret that signs channel auth and the HTTP API.",
+        _parse_secret, secret=True)
+    reverb_host: str = setting("REVERB_HOST", "127.0.0.1", "Address `serve` binds.", _parse_host)
+    reverb_port: int = setting("REVERB_PORT", "8080", "Port `serve` binds.", _PORT)
+    pusher_public_channels: bool = setting(
+        "PUSHER_PUBLIC_CHANNELS", "true",
+        "Bare sports.* channels open to app-key Pusher clients.", _parse_bool)
+    pusher_public_per_ip: int = setting(
+        "PUSHER_PUBLIC_PER_IP", "20",
+        "Anonymous Pusher connections allowed per IP address.", _parse_int(1))
+
+    # -- REST API (names from the original specification) --
+    api_cache_enabled: bool = setting("API_CACHE_ENABLED", "true",
+                                      "Cache upstream responses in Redis.", _parse_bool)
+    api_default_cache_duration: int = setting(
+        "API_DEFAULT_CACHE_DURATION", "300",
+        "Cache TTL in seconds for data without a more specific TTL.", _parse_int(1))
+    api_rate_limit: int = setting("API_RATE_LIMIT", "60",
+                                  "Free tier: requests per API_RATE_LIMIT_DURATION.", _parse_int(1))
+    api_rate_limit_duration: int = setting(
+        "API_RATE_LIMIT_DURATION", "60", "Free tier: the rate limit's window in seconds.",
+        _parse_int(1))
+
+    # -- storage and secrets --
+    database_url: str = setting(
+        "DATABASE_URL", "sqlite:///btsguru.db",
+        "sqlite:///FILE, mysql://user:pass@host/db or postgresql://user:pass@host/db.",
+        _parse_url("sqlite", "mysql", "postgresql", "postgres"))
+    secret_key: Secret = setting(
+        "SECRET_KEY", "", "Signs console cookies; required by serve (a long random string).",
+        _parse_secret, secret=True)
+
+    # -- operations --
+    alert_webhook_url: str = setting(
+        "ALERT_WEBHOOK_URL", "", "Alerts are POSTed here as JSON (Slack-compatible `text`).",
+        _parse_url("http", "https"))
+    metrics_token: Secret = setting(
+        "METRICS_TOKEN", "", "When set, /metrics requires `Authorization: Bearer TOKEN`.",
+        _parse_secret, secret=True)
+    log_format: str = setting("LOG_FORMAT", "text", "text, or json for JSON lines.",
+                              _parse_choice("text", "json"))
+    log_level: str = setting("LOG_LEVEL", "info", "debug, info, warning or error.",
+                             _parse_choice("debug", "info", "warning", "error"))
+
+    def upstream_base_url(self, sport: str) -> str:
+        """The base URL of a sport's upstream (no trailing slash)."""
+        attr = f"rapidapi_base_url_{sport.replace('-', '_')}"
+        url: str = getattr(self, attr)
+        if not url and sport == "football":
+            url = self.rapidapi_base_url
+        return (url or API_SPORTS_BASE_URLS[sport]).rstrip("/")
+
+    def upstream_daily_quota_for(self, sport: str) -> int:
+        value: int = getattr(self, f"upstream_daily_quota_{sport.replace('-', '_')}")
+        return value or self.upstream_daily_quota
+
+    def upstream_minute_quota_for(self, sport: str) -> int:
+        value: int = getattr(self, f"upstream_minute_quota_{sport.replace('-', '_')}")
+        return value or self.upstream_minute_quota
+
+    def replace(self, **changes: Any) -> Config:
+        return dataclasses.replace(self, **changes)
+
+    def require_upstream_key(self) -> None:
+        if not self.rapidapi_key:
+            raise ConfigError("RAPIDAPI_KEY: required (the upstream key); "
+                              "set it in the environment or .env, or run `btsguru demo`")
+
+    def require_secret_key(self) -> None:
+        if len(self.secret_key.reveal()) < 16:
+            raise ConfigError("SECRET_KEY: required, at least 16 characters "
+                              "(it signs console cookies)")
+
+
+@dataclass(frozen=True)
+class SettingInfo:
+    env: str
+    default: str
+    help: str
+    secret: bool
+
+
+def settings() -> list[SettingInfo]:
+    """Every setting, in declaration order: the source of `.env.example` and the README."""
+    return [SettingInfo(f.metadata["env"], f.metadata["default"], f.metadata["help"],
+                        f.metadata["secret"]) for f in dataclasses.fields(Config)]
+
+
+def load_config(environ: Mapping[str, str] | None = None,
+                env_file: str | Path | None = ".env") -> Config:
+    """Read the settings from `environ` (default: the process environment) over the
+    `.env` file; raise `ConfigError` naming the first bad variable."""
+    values: dict[str, str | None] = {}
+    if env_file is not None and Path(env_file).is_file():
+        values.update(dotenv_values(env_file))
+    values.update(os.environ if environ is None else environ)
+    kwargs: dict[str, Any] = {}
+    for f in dataclasses.fields(Config):
+        meta = f.metadata
+        raw = values.get(meta["env"])
+        text = meta["default"] if raw is None else raw
+        try:
+            kwargs[f.name] = meta["parse"](text)
+        except ValueError as exc:
+            raise ConfigError(f"{meta['env']}: {exc}") from None
+    return Config(**kwargs)
+
+
+def env_example() -> str:
+    """The text of `.env.example`: every variable with its default and a comment."""
+    lines = ["# btsguru configuration: every variable with its default.",
+             "# Copy to .env and change what you need; the environment overrides this file.", ""]
+    for s in settings():
+        lines.append(f"# {s.help}")
+        lines.append(f"{s.env}={s.default}")
+    return "\n".join(lines) + "\n"
+
+
+def settings_markdown() -> str:
+    """The README's configuration table."""
+    rows = ["| variable | default | meaning |", "|---|---|---|"]
+    for s in settings():
+        default = f"`{s.default}`" if s.default else "(empty)"
+        rows.append(f"| `{s.env}` | {default} | {s.help} |")
+    return "\n".join(rows) + "\n"
+
+
+def mask_url(url: str) -> str:
+    return _mask_url(url)

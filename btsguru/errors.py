@@ -1,0 +1,97 @@
+"""The one error hierarchy of btsguru.
+
+Every error a user can cause or see subclasses `BtsguruError` and carries how each
+transport reports it: the HTTP status and JSON `code` on `/v1`, the close code on the
+native WebSocket and the Pusher error code. Each transport translates them in one place,
+so users never see a traceback.
+"""
+
+from __future__ import annotations
+
+
+class BtsguruError(Exception):
+    """Base of every error that reaches a user."""
+
+    status: int = 500
+    code: str = "internal_error"
+    ws_close_code: int = 1011
+    pusher_code: int = 4200  # generic: reconnect immediately
+    retry_after_s: int | None = None
+
+    def __init__(self, message: str, *, retry_after_s: int | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        if retry_after_s is not None:
+            self.retry_after_s = retry_after_s
+
+    def to_json(self) -> dict[str, dict[str, str]]:
+        return {"error": {"code": self.code, "message": self.message}}
+
+
+class ConfigError(BtsguruError):
+    """A setting has a bad value; raised at start, names the variable."""
+
+    code = "config_error"
+
+
+class BadRequest(BtsguruError):
+    status = 400
+    code = "bad_request"
+    ws_close_code = 4000
+    pusher_code = 4009
+
+
+class Unauthorized(BtsguruError):
+    status = 401
+    code = "unauthorized"
+    ws_close_code = 4001
+    pusher_code = 4009
+
+
+class Forbidden(BtsguruError):
+    status = 403
+    code = "forbidden"
+    ws_close_code = 4003
+    pusher_code = 4009
+
+
+class NotFound(BtsguruError):
+    status = 404
+    code = "not_found"
+    ws_close_code = 4004
+    pusher_code = 4001
+
+
+class Conflict(BtsguruError):
+    status = 409
+    code = "conflict"
+
+
+class PayloadTooLarge(BtsguruError):
+    status = 413
+    code = "payload_too_large"
+    ws_close_code = 1009
+    pusher_code = 4009
+
+
+class RateLimited(BtsguruError):
+    status = 429
+    code = "rate_limited"
+    ws_close_code = 4029
+    pusher_code = 4301
+
+
+class UpstreamError(BtsguruError):
+    """The upstream failed and nothing cached can stand in."""
+
+    status = 502
+    code = "upstream_error"
+
+
+class Unavailable(BtsguruError):
+    """A dependency (upstream budget, Redis, database) cannot serve right now."""
+
+    status = 503
+    code = "unavailable"
+    ws_close_code = 1012
+    pusher_code = 4100

@@ -1,0 +1,120 @@
+"""The base of every `/v1` handler: API-key authentication, scope and tier checks, the
+rate limit and its headers, and usage counting; plus `GET /v1/usage`.
+
+A `/v1` handler subclasses `ApiHandler`, declares what it is with class attributes
+(`route_kind` for usage, `required_scope`, `requires_raw`, `accepts_query_key` for the
+stream endpoints) and takes `access` in `initialize`. By the time its `get` runs the
+caller is authenticated, authorized and within their limits (`self.principal`); it sets
+`self.cache_hit = True` when it answered from the cache, and the request is counted in
+`on_finish`; a stream (`route_kind = "stream"`) is counted when it is admitted instead,
+since it may stay open for hours and usage must show within 10 s. Only requests that
+passed the rate limit are counted: a 429 spends no quota and so does not show as usage.
+
+The rate-limit headers ride on every response that passed authentication, errors
+included: Tornado's `send_error` clears the headers, so `write_error` sets them again.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar, Protocol
+
+from btsguru.auth.access import AccessService, Principal
+from btsguru.auth.ratelimit import RateDecision
+from btsguru.db.models import ROUTE_KINDS
+from btsguru.errors import BadRequest
+from btsguru.handlers.base import JsonHandler
+
+USAGE_DEFAULT_DAYS = 30  # the contract: today and the last 30 days
+USAGE_MAX_DAYS = 90
+
+
+class ApiHandler(JsonHandler):
+    """Authenticates, authorizes and rate-limits in `prepare`; counts in `on_finish`."""
+
+    route_kind: ClassVar[str] = "other"  # one of ROUTE_KINDS, for usage
+    required_scope: ClassVar[str] = "rest"  # "rest", "raw" or "stream"
+    requires_raw: ClassVar[bool] = False  # the tier must include the raw proxy
+    accepts_query_key: ClassVar[bool] = False  # `?api_key=` (stream endpoints only)
+
+    def initialize(self, access: AccessService) -> None:
+        self.access = access
+        self.principal: Principal | None = None
+        self.rate: RateDecision | None = None
+        self.cache_hit = False
+        self._admitted = False
+
+    async def prepare(self) -> None:
+        principal = await self.access.authenticate(self.api_key())
+        self.principal = principal
+        self.access.authorize(principal, self.required_scope, raw=self.requires_raw)
+        self.rate = await self.access.limit(principal)
+        self._set_rate_headers()
+        if not self.rate.allowed:
+            raise self.rate.error()
+        if self.route_kind == "stream":
+            self.access.record(principal, self.route_kind)
+        else:
+            self._admitted = True
+
+    def api_key(self) -> str | None:
+        """The key from `X-API-Key`, `Authorization: Bearer`, or (stream endpoints only)
+        the `api_key` query parameter."""
+        header = self.request.headers.get("X-API-Key", "").strip()
+        if header:
+            return header
+        scheme, _, token = self.request.headers.get("Authorization", "").strip().partition(" ")
+        if scheme.lower() == "bearer" and token.strip():
+            return token.strip()
+        if self.accepts_query_key:
+            return self.get_query_argument("api_key", "").strip() or None
+        return None
+
+    def _set_rate_headers(self) -> None:
+        if self.rate is not None:
+            for name, value in self.rate.headers().items():
+                self.set_header(name, value)
+
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
+        self._set_rate_headers()
+        super().write_error(status_code, **kwargs)
+
+    def on_finish(self) -> None:
+        if self._admitted and self.principal is not None:
+            self.access.record(self.principal, self.route_kind, cache_hit=self.cache_hit)
+
+
+class UsageHandler(ApiHandler):
+    """`GET /v1/usage[?days=N]`: the caller's user's usage (all of the user's keys),
+    today by route kind and one entry per UTC day, oldest first, today last."""
+
+    route_kind = "other"
+
+    async def get(self) -> None:
+        assert self.principal is not None  # prepare() authenticated
+        days = _days_argument(self.get_query_argument("days", None))
+        usage = await self.access.usage_for_user(self.principal.user_id, days)
+        today = usage[-1]
+        self.write_json({"data": {
+            "today": {kind: today.by_kind.get(kind, 0) for kind in ROUTE_KINDS},
+            "days": [day.to_json() for day in usage],
+        }})
+
+
+def _days_argument(raw: str | None) -> int:
+    if raw is None:
+        return USAGE_DEFAULT_DAYS
+    if not raw.isdigit() or not 1 <= int(raw) <= USAGE_MAX_DAYS:
+        raise BadRequest(f"days: a whole number from 1 to {USAGE_MAX_DAYS}, got {raw!r}")
+    return int(raw)
+
+
+class _WithAccess(Protocol):
+    @property
+    def access(self) -> AccessService: ...
+
+
+def api_routes(services: _WithAccess) -> list[Any]:
+    """The routes this module serves, for `btsguru.app.make_app`."""
+    return [
+        (r"/v1/usage", UsageHandler, {"access": services.access}),
+    ]

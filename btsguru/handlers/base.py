@@ -1,0 +1,80 @@
+"""The base of every JSON handler: error rendering, request ids and the no-cookie XSRF rule.
+
+A handler subclasses `JsonHandler`, parses, calls one service and calls `write_json`.
+Any `BtsguruError` raised becomes the contract's JSON error with its status; anything
+else becomes a JSON 500 with no detail (and one logged traceback) — never an HTML page.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from typing import Any
+
+import orjson
+import tornado.web
+
+from btsguru.errors import BtsguruError
+
+log = logging.getLogger(__name__)
+
+# Reasons for the statuses Tornado renders itself (unknown route, wrong method).
+_CODES = {400: "bad_request", 403: "forbidden", 404: "not_found", 405: "method_not_allowed",
+          413: "payload_too_large", 429: "rate_limited", 500: "internal_error",
+          502: "upstream_error", 503: "unavailable"}
+
+
+class JsonHandler(tornado.web.RequestHandler):
+    """Base for `/v1`, health and the Pusher HTTP API: JSON in, JSON out."""
+
+    def set_default_headers(self) -> None:
+        self.set_header("Content-Type", "application/json")
+        self.set_header("Cache-Control", "no-store")
+        self.request_id = self.request.headers.get("X-Request-Id", "")[:64] or secrets.token_hex(8)
+        self.set_header("X-Request-Id", self.request_id)
+
+    def check_xsrf_cookie(self) -> None:
+        """API-key and signature authenticated routes carry no cookie."""
+
+    def write_json(self, payload: Any, status: int = 200) -> None:
+        self.set_status(status)
+        self.finish(orjson.dumps(payload))
+
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
+        exc = kwargs.get("exc_info", (None, None, None))[1]
+        if isinstance(exc, BtsguruError):
+            if exc.retry_after_s is not None:
+                self.set_header("Retry-After", str(exc.retry_after_s))
+            body = exc.to_json()
+        elif isinstance(exc, tornado.web.HTTPError) and status_code < 500:
+            message = exc.log_message % exc.args if exc.log_message and exc.args \
+                else (exc.log_message or self._reason)
+            body = {"error": {"code": _CODES.get(status_code, "error"), "message": message}}
+        else:
+            body = {"error": {"code": "internal_error",
+                              "message": f"internal error (request id {self.request_id})"}}
+        self.clear_header("Content-Disposition")
+        self.set_header("Content-Type", "application/json")
+        self.finish(orjson.dumps(body))
+
+    def send_error(self, status_code: int = 500, **kwargs: Any) -> None:
+        exc = kwargs.get("exc_info", (None, None, None))[1]
+        if isinstance(exc, BtsguruError):
+            status_code = exc.status
+        super().send_error(status_code, **kwargs)
+
+    def log_exception(self, typ: Any, value: Any, tb: Any) -> None:
+        if isinstance(value, BtsguruError) and value.status < 500:
+            return  # the user's mistake, answered; not an operator's concern
+        if isinstance(value, BtsguruError):
+            log.warning("%s %s -> %d: %s (request id %s)", self.request.method,
+                        self.request.path, value.status, value.message, self.request_id)
+            return
+        super().log_exception(typ, value, tb)
+
+
+class NotFoundHandler(JsonHandler):
+    """The application's default handler: a JSON 404 for every unknown path."""
+
+    def prepare(self) -> None:
+        raise tornado.web.HTTPError(404, "no such route: %s", self.request.path)

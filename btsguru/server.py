@@ -1,0 +1,133 @@
+"""The lifecycle of `btsguru serve` and `btsguru demo`.
+
+One IOLoop per process. `run_server` binds the listening sockets once, then either
+serves in this process or forks workers that each run their own IOLoop over the shared
+sockets (the kernel spreads connections between them); the parent only supervises:
+it forwards SIGTERM/SIGINT and restarts a worker that dies unexpectedly.
+
+Shutdown order (SIGTERM or Ctrl-C sets the stop event): stop accepting, close the
+services (Redis, then the database) — the exit stack unwinds what `open_services` opened.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import socket
+import sys
+import time
+from collections.abc import Awaitable, Callable
+
+import tornado.httpserver
+import tornado.netutil
+
+from btsguru.app import Services, make_app, open_services
+from btsguru.config import Config
+
+log = logging.getLogger(__name__)
+
+# Time allowed for in-flight requests after the listener closes; systemd's TimeoutStopSec
+# must exceed it (systemd/btsguru.service sets 30 s).
+DRAIN_S = 10.0
+# A worker that keeps dying this soon after start is not restarted in a tight loop.
+WORKER_RESTART_BACKOFF_S = 1.0
+
+Hook = Callable[[Services, int], Awaitable[None]]
+
+
+async def serve_sockets(config: Config, sockets: list[socket.socket], *,
+                        on_ready: Hook | None = None) -> None:
+    """Serve on already-bound sockets until SIGTERM/SIGINT."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    async with open_services(config) as services:
+        services.start_background()
+        app = make_app(services)
+        server = tornado.httpserver.HTTPServer(app, xheaders=True)
+        server.add_sockets(sockets)
+        port = sockets[0].getsockname()[1]
+        log.info("serving on port %d (pid %d)", port, os.getpid())
+        if on_ready is not None:
+            await on_ready(services, port)
+        await stop.wait()
+        log.info("stopping (pid %d)", os.getpid())
+        server.stop()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(server.close_all_connections(), DRAIN_S)
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.remove_signal_handler(sig)
+
+
+def run_server(config: Config, host: str, port: int, processes: int = 1,
+               on_ready: Hook | None = None) -> int:
+    """Bind once, then serve in this process (`processes == 1`) or in forked workers
+    (`0` means one per core). Returns the exit status."""
+    sockets = tornado.netutil.bind_sockets(port, host)
+    count = processes or (os.cpu_count() or 1)
+    if count == 1:
+        asyncio.run(serve_sockets(config, sockets, on_ready=on_ready))
+        return 0
+    return _supervise(count, lambda: asyncio.run(serve_sockets(config, sockets)))
+
+
+def _supervise(count: int, work: Callable[[], None]) -> int:
+    """Fork `count` workers running `work`; restart crashed ones; forward stop signals."""
+    children: dict[int, float] = {}
+    stopping = False
+
+    def spawn() -> None:
+        pid = os.fork()
+        if pid == 0:  # the worker
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            signal.signal(signal.SIGINT, signal.SIG_DFL)
+            status = 0
+            try:
+                work()
+            except BaseException:
+                log.exception("worker %d crashed", os.getpid())
+                status = 1
+            finally:
+                logging.shutdown()
+            os._exit(status)
+        children[pid] = time.monotonic()
+
+    def forward(signum: int, _frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+        for pid in list(children):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    for _ in range(count):
+        spawn()
+    log.info("supervising %d workers: %s", count, ", ".join(map(str, children)))
+    worst = 0
+    while children:
+        try:
+            pid, status = os.wait()
+        except ChildProcessError:
+            break
+        started = children.pop(pid, None)
+        if started is None:
+            continue
+        code = os.waitstatus_to_exitcode(status)
+        if stopping:
+            worst = max(worst, abs(code))
+            continue
+        log.error("worker %d exited with %d; restarting it", pid, code)
+        if time.monotonic() - started < WORKER_RESTART_BACKOFF_S:
+            time.sleep(WORKER_RESTART_BACKOFF_S)
+        spawn()
+    return 1 if worst else 0
+
+
+def print_line(text: str = "") -> None:
+    sys.stdout.write(text + "\n")
+    sys.stdout.flush()

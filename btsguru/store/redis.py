@@ -1,0 +1,120 @@
+"""The one place that opens Redis clients.
+
+The specification keeps data apart in logical databases: `REDIS_DB` for keys, rate limits
+and usage, `REDIS_CACHE_DB` for cached upstream responses, `REDIS_QUEUE_DB` for poller
+leases and schedules, `REDIS_REVERB_DB` for real-time state. Redis pub/sub ignores the
+database number, so every channel name carries the key prefix instead (`Keys.channel`).
+
+`memory://` selects the embedded store: fakeredis' asyncio client over one in-process
+`FakeServer`, so the same code runs with no Redis server (the demo).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from btsguru.config import Config, mask_url
+from btsguru.errors import Unavailable
+
+log = logging.getLogger(__name__)
+
+# A command that cannot reach Redis fails within this time rather than hanging a request;
+# the contract allows 30 s for a CLI command to report an unreachable Redis.
+REDIS_CONNECT_TIMEOUT_S = 5.0
+REDIS_SOCKET_TIMEOUT_S = 10.0
+
+
+@dataclass(frozen=True)
+class Keys:
+    """Key and channel names under the configured prefix."""
+
+    prefix: str
+
+    def key(self, *parts: str | int) -> str:
+        return self.prefix + ":".join(str(p) for p in parts)
+
+    def channel(self, *parts: str | int) -> str:
+        # pub/sub is server-wide, whatever database a client selected
+        return self.prefix + "bus:" + ":".join(str(p) for p in parts)
+
+
+@dataclass(frozen=True)
+class RedisStores:
+    """The clients of one process, one per logical database."""
+
+    data: aioredis.Redis
+    cache: aioredis.Redis
+    queue: aioredis.Redis
+    reverb: aioredis.Redis
+    keys: Keys
+    embedded: bool
+    description: str
+
+    def all(self) -> tuple[aioredis.Redis, ...]:
+        return (self.data, self.cache, self.queue, self.reverb)
+
+    async def ping(self) -> None:
+        """Raise `Unavailable` unless Redis answers."""
+        try:
+            await self.data.ping()
+        except (RedisError, OSError) as exc:
+            raise Unavailable(f"Redis at {self.description} is unreachable: {exc}") from None
+
+    async def close(self) -> None:
+        for client in self.all():
+            await client.aclose()
+
+
+def open_redis(config: Config) -> RedisStores:
+    """Build the clients (no I/O yet: redis-py connects lazily)."""
+    keys = Keys(config.redis_cache_prefix)
+    dbs = (config.redis_db, config.redis_cache_db, config.redis_queue_db, config.redis_reverb_db)
+    url = config.redis_url
+    if url.startswith("memory://"):
+        import fakeredis
+
+        server = fakeredis.FakeServer()
+        fakes: list[aioredis.Redis] = [fakeredis.FakeAsyncRedis(server=server, db=db)
+                                       for db in dbs]
+        return _stores(fakes, keys, embedded=True, description="memory://")
+
+    clients: list[aioredis.Redis]
+    common: dict[str, Any] = {
+        "socket_connect_timeout": REDIS_CONNECT_TIMEOUT_S,
+        "socket_timeout": REDIS_SOCKET_TIMEOUT_S,
+        "health_check_interval": 30,
+    }
+    if not url:
+        password = config.redis_password.reveal() or None
+        description = f"{config.redis_host}:{config.redis_port}"
+        clients = [aioredis.Redis(host=config.redis_host, port=config.redis_port,
+                                  password=password, db=db, **common) for db in dbs]
+    elif url.startswith(("redis://", "rediss://")):
+        parts = urlsplit(url)
+        # the URL's path names REDIS_DB; the other databases keep their own settings
+        path = parts.path.strip("/")
+        dbs = (int(path) if path else config.redis_db, *dbs[1:])
+        description = mask_url(url)
+        clients = [aioredis.Redis(
+            host=parts.hostname or "127.0.0.1", port=parts.port or 6379,
+            username=unquote(parts.username) if parts.username else None,
+            password=unquote(parts.password) if parts.password
+            else (config.redis_password.reveal() or None),
+            ssl=parts.scheme == "rediss", db=db, **common) for db in dbs]
+    else:  # unix://
+        description = url
+        clients = [aioredis.Redis.from_url(url, db=db, **common) for db in dbs]
+    return _stores(clients, keys, embedded=False, description=description)
+
+
+def _stores(clients: list[aioredis.Redis], keys: Keys, *, embedded: bool,
+            description: str) -> RedisStores:
+    data, cache, queue, reverb = clients
+    return RedisStores(data=data, cache=cache, queue=queue, reverb=reverb, keys=keys,
+                       embedded=embedded, description=description)

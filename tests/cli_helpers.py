@@ -1,0 +1,47 @@
+"""Running the real `btsguru` command in a subprocess, as a user would."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+# Variables a developer's shell may carry that would leak into the command under test.
+_SCRUB = ("REDIS_URL", "DATABASE_URL", "RAPIDAPI_KEY", "SECRET_KEY", "REDIS_CACHE_PREFIX",
+          "LOG_FORMAT", "BTSGURU_DEBUG")
+
+
+def cli_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in _SCRUB}
+    env.update(extra or {})
+    return env
+
+
+def run_cli(*args: str, env: Mapping[str, str] | None = None, cwd: Path | None = None,
+            timeout_s: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "btsguru", *args], capture_output=True,
+                          text=True, env=cli_env(env), cwd=cwd or ROOT, timeout=timeout_s,
+                          check=False)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_until(condition: Callable[[], bool], timeout_s: float = 20.0,
+               interval_s: float = 0.05, what: str = "condition") -> None:
+    """Poll `condition` until it is true; fail with `what` after the timeout."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(interval_s)
+    raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")

@@ -1,0 +1,186 @@
+"""The per-user token bucket and daily quota, on real Redis."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+
+from btsguru.auth.ratelimit import RateDecision, RateLimiter, RatePolicy
+from btsguru.clock import FakeClock, SystemClock
+from btsguru.errors import Unavailable
+from btsguru.store.redis import open_redis
+from tests.access_fixtures import wait_for
+from tests.conftest import make_test_config
+
+FREE = RatePolicy(burst=60, refill_per_s=1.0, daily_quota=1000)  # 60 per 60 s
+
+
+def seconds_to_utc_midnight() -> float:
+    now = time.time()
+    return 86_400 - now % 86_400
+
+
+async def test_burst_is_exhausted_exactly_at_capacity_and_remaining_counts_down(test_config):
+    stores = open_redis(test_config)
+    limiter = RateLimiter(stores.data, stores.keys, SystemClock())
+    try:
+        decisions = [await limiter.check(7, FREE) for _ in range(60)]
+        assert all(d.allowed for d in decisions)
+        assert [d.remaining for d in decisions] == list(range(59, -1, -1))
+        refused = await limiter.check(7, FREE)
+        assert not refused.allowed and refused.reason == "rate"
+        assert refused.remaining == 0
+        assert refused.retry_after_s == 1  # one token at one per second
+        assert 59 <= refused.reset_s <= 60  # seconds until the bucket is full
+        # A refused request spends nothing: the day counts only the 60.
+        assert refused.daily_used == 60
+        # Another user has a bucket of their own.
+        assert (await limiter.check(8, FREE)).remaining == 59
+    finally:
+        await stores.close()
+
+
+async def test_tokens_refill_with_time(test_config):
+    stores = open_redis(test_config)
+    limiter = RateLimiter(stores.data, stores.keys, SystemClock())
+    fast = RatePolicy(burst=3, refill_per_s=20.0, daily_quota=None)
+    try:
+        assert [(await limiter.check(1, fast)).allowed for _ in range(4)] == \
+            [True, True, True, False]
+        started = time.monotonic()
+
+        async def allowed_again() -> bool:
+            return (await limiter.check(1, fast)).allowed
+
+        await wait_for(allowed_again, timeout_s=2.0, interval_s=0.005)
+        # One token takes 50 ms at 20 per second; polling costs nothing while refused.
+        assert time.monotonic() - started >= 0.03
+        assert not (await limiter.check(1, fast)).allowed  # that token was the only one
+    finally:
+        await stores.close()
+
+
+async def test_two_processes_never_exceed_one_users_bucket_together(test_config):
+    a, b = open_redis(test_config), open_redis(test_config)
+    limiter_a = RateLimiter(a.data, a.keys, SystemClock())
+    limiter_b = RateLimiter(b.data, b.keys, SystemClock())
+    policy = RatePolicy(burst=30, refill_per_s=0.001, daily_quota=None)
+    try:
+        results = await asyncio.gather(*(
+            (limiter_a if i % 2 else limiter_b).check(42, policy) for i in range(100)))
+        assert sum(r.allowed for r in results) == 30
+        assert sum(r.allowed for r in results[1::2]) > 0  # both sides took part
+        assert sum(r.allowed for r in results[0::2]) > 0
+    finally:
+        await a.close()
+        await b.close()
+
+
+async def test_daily_quota_counts_per_user_per_utc_day(test_config):
+    stores = open_redis(test_config)
+    limiter = RateLimiter(stores.data, stores.keys, SystemClock())
+    policy = RatePolicy(burst=100, refill_per_s=100.0, daily_quota=5)
+    try:
+        allowed = [await limiter.check(3, policy) for _ in range(5)]
+        assert [d.daily_remaining for d in allowed] == [4, 3, 2, 1, 0]
+        refused = await limiter.check(3, policy)
+        assert not refused.allowed and refused.reason == "daily"
+        assert abs(refused.retry_after_s - seconds_to_utc_midnight()) <= 2
+        assert refused.remaining >= 94  # the bucket was not spent by the refusal
+        headers = refused.headers()
+        assert headers["RateLimit-Remaining"] == "0"  # the tighter of bucket and day
+        assert '"daily";q=5;w=86400' in headers["RateLimit-Policy"]
+        assert '"daily";r=0;' in headers["RateLimit"]
+        assert "daily quota of 5" in refused.error().message
+        assert refused.error().retry_after_s == refused.retry_after_s
+    finally:
+        await stores.close()
+
+
+def test_headers_use_the_drafts_structured_fields():
+    decision = RateDecision(allowed=True, policy=RatePolicy(100, 10.0, None), remaining=42,
+                            reset_s=6, retry_after_s=0, daily_used=58, daily_reset_s=1000)
+    assert decision.headers() == {
+        "RateLimit-Policy": '"default";q=100;w=10',
+        "RateLimit": '"default";r=42;t=6',
+        "RateLimit-Limit": "100",
+        "RateLimit-Remaining": "42",
+        "RateLimit-Reset": "6",
+        "X-RateLimit-Limit": "100",
+        "X-RateLimit-Remaining": "42",
+    }
+    free = RateDecision(allowed=True, policy=FREE, remaining=59, reset_s=1, retry_after_s=0,
+                        daily_used=1, daily_reset_s=3600)
+    assert free.headers()["RateLimit-Policy"] == \
+        '"default";q=60;w=60, "daily";q=1000;w=86400'
+    assert free.headers()["RateLimit"] == '"default";r=59;t=1, "daily";r=999;t=3600'
+
+
+async def test_a_flushed_script_cache_is_reloaded(test_config):
+    stores = open_redis(test_config)
+    limiter = RateLimiter(stores.data, stores.keys, SystemClock())
+    try:
+        assert (await limiter.check(5, FREE)).remaining == 59
+        await stores.data.script_flush()  # as after a Redis restart: EVALSHA says NOSCRIPT
+        assert (await limiter.check(5, FREE)).remaining == 58
+    finally:
+        await stores.close()
+
+
+async def test_bucket_names_carry_ids_only_and_expire(test_config):
+    stores = open_redis(test_config)
+    limiter = RateLimiter(stores.data, stores.keys, SystemClock())
+    try:
+        await limiter.check(11, RatePolicy(burst=10, refill_per_s=10.0, daily_quota=None))
+        name = stores.keys.key("rl", 11)
+        assert await stores.data.exists(name) == 1
+        assert 0 < await stores.data.ttl(name) <= 2  # full again within a second
+        await limiter.check(11, FREE)
+        assert await stores.data.ttl(name) >= seconds_to_utc_midnight() - 2  # day counted
+    finally:
+        await stores.close()
+
+
+async def test_unreachable_redis_fails_open_briefly_then_answers_503(tmp_path):
+    # Nothing listens on port 1: every call is refused at once.
+    config = make_test_config(tmp_path, REDIS_URL="redis://127.0.0.1:1/0")
+    stores = open_redis(config)
+    clock = FakeClock(start=time.time())
+    limiter = RateLimiter(stores.data, stores.keys, clock, fail_open_max_s=30)
+    policy = RatePolicy(burst=3, refill_per_s=0.01, daily_quota=None)
+    try:
+        decisions = [await limiter.check(1, policy) for _ in range(4)]
+        assert [d.allowed for d in decisions] == [True, True, True, False]
+        assert all(d.degraded for d in decisions)  # the in-process bucket still limits
+        assert decisions[-1].retry_after_s >= 1
+        clock.advance(31)
+        with pytest.raises(Unavailable) as info:
+            await limiter.check(1, policy)
+        assert info.value.status == 503 and info.value.retry_after_s
+    finally:
+        await stores.close()
+
+
+async def test_recovery_after_an_outage_uses_redis_again(test_config):
+    stores = open_redis(test_config)
+    clock = FakeClock(start=time.time())
+    limiter = RateLimiter(stores.data, stores.keys, clock)
+    broken = open_redis(make_test_config_like(test_config, "redis://127.0.0.1:1/0"))
+    try:
+        limiter._redis = broken.data  # the same limiter loses its Redis ...
+        limiter._script = broken.data.register_script(limiter._script.script)
+        assert (await limiter.check(9, FREE)).degraded
+        limiter._redis = stores.data  # ... and gets it back
+        limiter._script = stores.data.register_script(limiter._script.script)
+        clock.advance(1.5)  # past the probe interval
+        decision = await limiter.check(9, FREE)
+        assert not decision.degraded and decision.remaining == 59
+    finally:
+        await stores.close()
+        await broken.close()
+
+
+def make_test_config_like(config, redis_url):
+    return config.replace(redis_url=redis_url)

@@ -1,0 +1,167 @@
+"""`serve` and `demo` as a user runs them, and the app's health routes and JSON errors."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+
+import pytest
+from tornado.httpclient import HTTPClientError
+
+from btsguru.app import make_app, open_services
+from tests.cli_helpers import ROOT, cli_env, free_port, wait_until
+from tests.conftest import make_test_config, purge_redis_prefix
+
+
+def get_json(url: str) -> tuple[int, dict]:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
+
+
+def answers(url: str) -> bool:
+    try:
+        urllib.request.urlopen(url, timeout=1).close()
+    except (OSError, urllib.error.URLError):
+        return False
+    return True
+
+
+def start(args, env, cwd=ROOT):
+    return subprocess.Popen([sys.executable, "-m", "btsguru", *args], cwd=cwd, env=cli_env(env),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def stop(process, sig=signal.SIGTERM):
+    process.send_signal(sig)
+    out, err = process.communicate(timeout=30)
+    return process.returncode, out, err
+
+
+def serve_env(config):
+    return {"REDIS_URL": config.redis_url, "REDIS_CACHE_PREFIX": config.redis_cache_prefix,
+            "DATABASE_URL": config.database_url, "RAPIDAPI_KEY": "k",
+            "SECRET_KEY": config.secret_key.reveal()}
+
+
+@pytest.mark.parametrize("processes", [1, 2])
+def test_serve_answers_health_and_stops_cleanly_on_sigterm(tmp_path, processes):
+    config = make_test_config(tmp_path)
+    port = free_port()
+    process = start(["serve", "--port", str(port), "--processes", str(processes)],
+                    serve_env(config))
+    try:
+        wait_until(lambda: answers(f"http://127.0.0.1:{port}/healthz"), what="serve to answer")
+        assert get_json(f"http://127.0.0.1:{port}/healthz") == (200, {"status": "ok"})
+        status, body = get_json(f"http://127.0.0.1:{port}/readyz")
+        assert status == 200, body
+        assert body["checks"] == {"redis": "ok", "database": "ok"}
+    finally:
+        code, _out, err = stop(process)
+        purge_redis_prefix(config)
+    assert code == 0, err
+    assert "Traceback" not in err
+
+
+def test_demo_runs_with_no_servers_and_prints_what_a_newcomer_needs(tmp_path):
+    port = free_port()
+    process = start(["demo", "--port", str(port)], {"REDIS_URL": "redis://127.0.0.1:1/0"},
+                    cwd=tmp_path)
+    try:
+        lines: list[str] = []
+        wait_until(lambda: _read_until(process, lines, "health"), timeout_s=60,
+                   what="the demo banner")
+        text = "\n".join(lines)
+        assert "demo@btsguru.local" in text and "btsguru-demo" in text
+        key = next(line.split()[-1] for line in lines if "API key" in line)
+        assert key.startswith("btg_") and len(key) == 44
+        simulator = next(line.split()[2] for line in lines if "simulated upstream" in line)
+        status, stats = get_json(f"{simulator}/__sim/stats")
+        assert status == 200 and "requests" in stats
+        assert get_json(f"http://127.0.0.1:{port}/readyz")[0] == 200
+        assert (tmp_path / "btsguru-demo.db").exists()
+    finally:
+        code, _out, err = stop(process, signal.SIGINT)
+    assert code == 0, err
+    assert "Traceback" not in err
+
+
+def _read_until(process, lines, marker):
+    line = process.stdout.readline()
+    if not line:
+        raise AssertionError(f"demo exited: {process.stderr.read()}")
+    lines.append(line.rstrip())
+    return marker in line
+
+
+# -- in-process: the app over real Redis and SQLite --
+
+@pytest.fixture
+def services(io_loop, tmp_path):
+    config = make_test_config(tmp_path)
+    from btsguru.db import close_database, connect_database
+    from btsguru.db.migrate import migrate
+
+    database = connect_database(config.database_url)
+    migrate(database, free_rate=60, free_period_s=60)
+    close_database(database)
+    context = open_services(config)
+    s = io_loop.run_sync(context.__aenter__)
+    yield s
+    io_loop.run_sync(lambda: context.__aexit__(None, None, None))
+    purge_redis_prefix(config)
+
+
+@pytest.fixture
+def app(services):
+    return make_app(services)
+
+
+async def test_unknown_route_and_method_are_json(http_server_client):
+    with pytest.raises(HTTPClientError) as info:
+        await http_server_client.fetch("/v1/nope")
+    assert info.value.code == 404
+    body = json.loads(info.value.response.body)
+    assert body["error"]["code"] == "not_found"
+    assert info.value.response.headers["Content-Type"] == "application/json"
+
+    with pytest.raises(HTTPClientError) as info:
+        await http_server_client.fetch("/healthz", method="POST", body=b"")
+    assert info.value.code == 405
+    assert json.loads(info.value.response.body)["error"]["code"] == "method_not_allowed"
+
+
+async def test_readyz_is_ok_when_both_answer(http_server_client):
+    response = await http_server_client.fetch("/readyz")
+    assert json.loads(response.body) == {"status": "ok",
+                                         "checks": {"redis": "ok", "database": "ok"}}
+
+
+async def test_readyz_names_the_failed_dependency(tmp_path):
+    from tornado.httpclient import AsyncHTTPClient
+    from tornado.httpserver import HTTPServer
+    from tornado.netutil import bind_sockets
+
+    config = make_test_config(tmp_path, REDIS_URL="redis://127.0.0.1:1/0")
+    async with open_services(config) as s:
+        server = HTTPServer(make_app(s))
+        sockets = bind_sockets(0, "127.0.0.1")
+        server.add_sockets(sockets)
+        port = sockets[0].getsockname()[1]
+        try:
+            response = await AsyncHTTPClient().fetch(f"http://127.0.0.1:{port}/readyz",
+                                                     raise_error=False)
+        finally:
+            server.stop()
+    assert response.code == 503
+    body = json.loads(response.body)
+    assert body["failed"] == ["redis"]
+    assert body["checks"]["database"] == "ok"
+    # refused at once, or still retrying when the probe's deadline passes
+    assert "127.0.0.1:1" in body["checks"]["redis"] or "no answer" in body["checks"]["redis"]
