@@ -26,9 +26,14 @@ from btsguru.config import Config, mask_url
 from btsguru.db import connect_database
 from btsguru.db.runner import DatabaseRunner
 from btsguru.handlers.api import api_routes
-from btsguru.handlers.base import NotFoundHandler
+from btsguru.handlers.base import NotFoundHandler, log_request
 from btsguru.handlers.health import HealthHandler, ReadyHandler
+from btsguru.handlers.raw import RAW_ROUTE, RawHandler
+from btsguru.store.cache import RawCache
 from btsguru.store.redis import RedisStores, open_redis
+from btsguru.upstream.client import UpstreamClient
+from btsguru.upstream.proxy import RawProxy
+from btsguru.upstream.quota import QuotaGovernor
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +52,10 @@ class Services:
     keys: KeyService
     tiers: TierService
     access: AccessService
+    quota: QuotaGovernor
+    upstream: UpstreamClient
+    cache: RawCache
+    proxy: RawProxy
 
     def start_background(self) -> None:
         """Start the services' own tasks (usage flush and rollup, invalidations): for the
@@ -70,8 +79,16 @@ async def open_services(config: Config, clock: Clock | None = None) -> AsyncIter
         keys, tiers = KeyService(db), TierService(db)
         access = AccessService(redis, keys, tiers, config, clock, db)
         stack.push_async_callback(access.stop)
+        quota = QuotaGovernor(redis, config, clock)
+        upstream = UpstreamClient(config, redis, clock=clock, quota=quota,
+                                  request_timeout_s=float(config.upstream_timeout_s))
+        stack.push_async_callback(upstream.close)
+        cache = RawCache(redis, config, clock)
+        proxy = RawProxy(cache, upstream, redis, clock)
+        stack.push_async_callback(proxy.close)
         yield Services(config=config, clock=clock, redis=redis, db=db, users=UserService(db),
-                       keys=keys, tiers=tiers, access=access)
+                       keys=keys, tiers=tiers, access=access, quota=quota, upstream=upstream,
+                       cache=cache, proxy=proxy)
 
 
 def make_app(s: Services, **settings: Any) -> tornado.web.Application:
@@ -80,10 +97,13 @@ def make_app(s: Services, **settings: Any) -> tornado.web.Application:
         (r"/healthz", HealthHandler),
         (r"/readyz", ReadyHandler, {"redis": s.redis, "db": s.db}),
         *api_routes(s),
+        (RAW_ROUTE, RawHandler, {"access": s.access, "proxy": s.proxy,
+                                 "sports": s.config.sports}),
     ]
     return tornado.web.Application(
         routes,
         default_handler_class=NotFoundHandler,
+        log_function=log_request,
         template_path=str(TEMPLATES),
         static_path=str(STATIC),
         cookie_secret=s.config.secret_key.reveal() or None,

@@ -232,6 +232,10 @@ class Config:
     upstream_minute_quota_american_football: int = setting(
         "UPSTREAM_MINUTE_QUOTA_AMERICAN_FOOTBALL", "0",
         "American football's per-minute quota (0: UPSTREAM_MINUTE_QUOTA).", _parse_int(0))
+    upstream_timeout_s: int = setting(
+        "UPSTREAM_TIMEOUT_S", "8",
+        "Seconds one upstream request may take (a user's whole wait is capped at 10).",
+        _parse_int(1, 10))
     sports: tuple[str, ...] = setting(
         "BTSGURU_SPORTS", ",".join(SPORTS), "Comma list of the sports to relay.", _parse_sports)
 

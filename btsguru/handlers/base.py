@@ -17,6 +17,7 @@ import tornado.web
 from btsguru.errors import BtsguruError
 
 log = logging.getLogger(__name__)
+access_log = logging.getLogger("tornado.access")
 
 # Reasons for the statuses Tornado renders itself (unknown route, wrong method).
 _CODES = {400: "bad_request", 403: "forbidden", 404: "not_found", 405: "method_not_allowed",
@@ -64,13 +65,24 @@ class JsonHandler(tornado.web.RequestHandler):
         super().send_error(status_code, **kwargs)
 
     def log_exception(self, typ: Any, value: Any, tb: Any) -> None:
-        if isinstance(value, BtsguruError) and value.status < 500:
-            return  # the user's mistake, answered; not an operator's concern
         if isinstance(value, BtsguruError):
-            log.warning("%s %s -> %d: %s (request id %s)", self.request.method,
-                        self.request.path, value.status, value.message, self.request_id)
+            # answered with the contract's JSON; degraded service (502/503) is the
+            # alerter's to report, not one warning per request
+            log.log(logging.INFO if value.status >= 500 else logging.DEBUG,
+                    "%s %s -> %d %s: %s (request id %s)", self.request.method,
+                    self.request.path, value.status, value.code, value.message, self.request_id)
             return
         super().log_exception(typ, value, tb)
+
+
+def log_request(handler: tornado.web.RequestHandler) -> None:
+    """The application's access log: internal errors at error, everything else at debug
+    (an access log per request is a proxy's job, and metrics count them)."""
+    status = handler.get_status()
+    level = logging.ERROR if status == 500 else logging.DEBUG
+    if access_log.isEnabledFor(level):
+        access_log.log(level, "%d %s %.1f ms", status, handler._request_summary(),
+                       1000.0 * handler.request.request_time())
 
 
 class NotFoundHandler(JsonHandler):
