@@ -1,0 +1,1 @@
+"""btsguru's benchmarks: `python -m bench SCENARIO [--full]` (see bench/README.md)."""

@@ -1,0 +1,189 @@
+"""What every scenario needs: free ports, child processes that are always stopped, the
+simulator and btsguru started as a user would start them, wrk runs, and the results table."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import platform
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "bench" / "results"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_http(url: str, timeout_s: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            urllib.request.urlopen(url, timeout=1).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"{url} did not answer within {timeout_s} s")
+
+
+@dataclass
+class Processes:
+    """Children started by a scenario; all stopped on exit, whatever happens."""
+
+    children: list[subprocess.Popen[bytes]] = field(default_factory=list)
+
+    def start(self, args: Sequence[str], env: dict[str, str] | None = None,
+              cwd: Path | None = None) -> subprocess.Popen[bytes]:
+        process = subprocess.Popen(list(args), env={**os.environ, **(env or {})}, cwd=cwd or ROOT,
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        self.children.append(process)
+        return process
+
+    def stop_all(self) -> None:
+        for process in self.children:
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+        for process in self.children:
+            try:
+                process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+
+@contextlib.contextmanager
+def processes() -> Iterator[Processes]:
+    group = Processes()
+    try:
+        yield group
+    finally:
+        group.stop_all()
+
+
+def btsguru(*args: str, env: dict[str, str]) -> str:
+    result = subprocess.run([sys.executable, "-m", "btsguru", *args], env={**os.environ, **env},
+                            cwd=ROOT, capture_output=True, text=True, check=False, timeout=60)
+    if result.returncode != 0:
+        raise RuntimeError(f"btsguru {' '.join(args)} failed: {result.stderr.strip()}")
+    return result.stdout
+
+
+@dataclass
+class Stack:
+    """The simulator and a btsguru server on a scratch database and Redis prefix."""
+
+    env: dict[str, str]
+    base_url: str
+    simulator_url: str
+    api_key: str
+
+
+def start_stack(group: Processes, *, processes_n: int = 1) -> Stack:
+    scratch = Path(tempfile.mkdtemp(prefix="btsguru-bench-"))
+    sim_port, port = free_port(), free_port()
+    simulator_url = f"http://127.0.0.1:{sim_port}"
+    group.start([sys.executable, "-m", "btsguru", "simulate", "--port", str(sim_port)])
+    wait_http(f"{simulator_url}/__sim/stats")
+    env = {
+        "DATABASE_URL": f"sqlite:///{scratch / 'bench.db'}",
+        "REDIS_URL": "redis://127.0.0.1:6379/0",
+        "REDIS_CACHE_PREFIX": f"btgbench:{os.getpid()}:",
+        "RAPIDAPI_KEY": "bench", "RAPIDAPI_HOST": "127.0.0.1",
+        "SECRET_KEY": "bench-secret-key-0123456789",
+        "LOG_LEVEL": "warning",
+    }
+    for sport in ("FOOTBALL", "BASKETBALL", "HOCKEY", "BASEBALL", "AMERICAN_FOOTBALL"):
+        env[f"RAPIDAPI_BASE_URL_{sport}"] = f"{simulator_url}/{sport.lower().replace('_', '-')}"
+    btsguru("migrate", env=env)
+    btsguru("users", "create", "bench@example.com", "--password", "bench-password",
+            "--tier", "enterprise", env=env)
+    # the benchmark measures the server, not the tier: lift enterprise's rate limit
+    subprocess.run([sys.executable, "-c", (
+        "import asyncio;from btsguru.db import connect_database;from btsguru.db.runner import "
+        "DatabaseRunner;from btsguru.auth.tiers import TierService;"
+        f"r=DatabaseRunner(connect_database('{env['DATABASE_URL']}'));"
+        "asyncio.run(TierService(r).update('enterprise', rest_rate=10**9, rest_period_s=1, "
+        "rest_burst=10**9, daily_quota=None));r.close()")], check=True, cwd=ROOT,
+        env={**os.environ, **env})
+    key = btsguru("keys", "create", "bench@example.com", env=env).strip().splitlines()[-1]
+    group.start([sys.executable, "-m", "btsguru", "serve", "--port", str(port),
+                 "--processes", str(processes_n)], env=env)
+    base_url = f"http://127.0.0.1:{port}"
+    wait_http(f"{base_url}/healthz")
+    return Stack(env, base_url, simulator_url, key)
+
+
+@dataclass(frozen=True)
+class WrkResult:
+    requests_per_s: float
+    p50_ms: float
+    p99_ms: float
+    non_2xx: int
+    requests: int
+
+
+def _ms(text: str) -> float:
+    number, unit = re.fullmatch(r"([\d.]+)(us|ms|s)", text).groups()  # type: ignore[union-attr]
+    return float(number) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
+
+
+def wrk(url: str, *, seconds: int, connections: int = 50, threads: int = 1,
+        headers: dict[str, str] | None = None) -> WrkResult:
+    if shutil.which("wrk") is None:
+        raise RuntimeError("wrk is not installed (Debian package wrk)")
+    args = ["wrk", f"-t{threads}", f"-c{connections}", f"-d{seconds}s", "--latency"]
+    for name, value in (headers or {}).items():
+        args += ["-H", f"{name}: {value}"]
+    out = subprocess.run([*args, url], capture_output=True, text=True, check=True).stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    p50 = _ms(re.search(r"\s50%\s+(\S+)", out).group(1))  # type: ignore[union-attr]
+    p99 = _ms(re.search(r"\s99%\s+(\S+)", out).group(1))  # type: ignore[union-attr]
+    requests = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
+    bad = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    return WrkResult(rps, p50, p99, int(bad.group(1)) if bad else 0, requests)
+
+
+def machine() -> dict[str, Any]:
+    cpu = "unknown"
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(),
+            "system": platform.platform(), "date": time.strftime("%Y-%m-%d")}
+
+
+def report(name: str, rows: list[dict[str, Any]], extra: dict[str, Any] | None = None) -> Path:
+    """Print the table and write `bench/results/NAME.json`."""
+    columns = list(rows[0])
+    widths = {c: max(len(c), *(len(_cell(r[c])) for r in rows)) for c in columns}
+    print("  ".join(c.ljust(widths[c]) for c in columns))
+    for row in rows:
+        print("  ".join(_cell(row[c]).ljust(widths[c]) for c in columns))
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / f"{name}.json"
+    path.write_text(json.dumps({"scenario": name, "machine": machine(), "rows": rows,
+                                **(extra or {})}, indent=2) + "\n")
+    print(f"wrote {path.relative_to(ROOT)}")
+    return path
+
+
+def _cell(value: Any) -> str:
+    return f"{value:,.2f}" if isinstance(value, float) else str(value)
