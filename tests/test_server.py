@@ -86,6 +86,14 @@ def test_demo_runs_with_no_servers_and_prints_what_a_newcomer_needs(tmp_path):
         assert status == 200 and "requests" in stats
         assert get_json(f"http://127.0.0.1:{port}/readyz")[0] == 200
         assert (tmp_path / "btsguru-demo.db").exists()
+        # the printed curl line works: the demo key reaches the simulator through the relay
+        rest = next(line for line in lines if "REST (raw proxy)" in line)
+        url = rest.split("'")[-2]
+        request = urllib.request.Request(url, headers={"X-API-Key": key})
+        with urllib.request.urlopen(request, timeout=15) as response:
+            assert response.status == 200
+            assert response.headers["X-Cache"] == "MISS"
+            assert json.loads(response.read())["get"] == "fixtures"
     finally:
         code, _out, err = stop(process, signal.SIGINT)
     assert code == 0, err
