@@ -34,6 +34,21 @@ log = logging.getLogger(__name__)
 DRAIN_S = 10.0
 # A worker that keeps dying this soon after start is not restarted in a tight loop.
 WORKER_RESTART_BACKOFF_S = 1.0
+# After a stop is asked, a process that has not exited by then is ended hard, so a stuck
+# shutdown can never outlive systemd's TimeoutStopSec (30 s in systemd/btsguru.service).
+STOP_DEADLINE_S = 25
+
+
+def _arm_stop_deadline(on_expiry: Callable[[], None]) -> None:
+    def expired(_signum: int, _frame: object) -> None:
+        os.write(2, f"btsguru: pid {os.getpid()} did not stop within {STOP_DEADLINE_S} s; "
+                    "ending it\n".encode())
+        on_expiry()
+
+    signal.signal(signal.SIGALRM, expired)
+    signal.alarm(STOP_DEADLINE_S)
+
+EXIT_STUCK = 70  # EX_SOFTWARE: the shutdown had to be cut short
 
 Hook = Callable[[Services, int], Awaitable[None]]
 
@@ -56,6 +71,7 @@ async def serve_sockets(config: Config, sockets: list[socket.socket], *,
             await on_ready(services, port)
         await stop.wait()
         log.info("stopping (pid %d)", os.getpid())
+        _arm_stop_deadline(lambda: os._exit(EXIT_STUCK))
         server.stop()
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(server.close_all_connections(), DRAIN_S)
@@ -85,6 +101,7 @@ def _supervise(count: int, work: Callable[[], None]) -> int:
         if pid == 0:  # the worker
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
             signal.signal(signal.SIGINT, signal.SIG_DFL)
+            signal.signal(signal.SIGALRM, signal.SIG_DFL)
             status = 0
             try:
                 work()
@@ -96,12 +113,17 @@ def _supervise(count: int, work: Callable[[], None]) -> int:
             os._exit(status)
         children[pid] = time.monotonic()
 
-    def forward(signum: int, _frame: object) -> None:
-        nonlocal stopping
-        stopping = True
+    def signal_children(sig: int) -> None:
         for pid in list(children):
             with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGTERM)
+                os.kill(pid, sig)
+
+    def forward(signum: int, _frame: object) -> None:
+        nonlocal stopping
+        if not stopping:
+            _arm_stop_deadline(lambda: signal_children(signal.SIGKILL))
+        stopping = True
+        signal_children(signal.SIGTERM)
 
     signal.signal(signal.SIGTERM, forward)
     signal.signal(signal.SIGINT, forward)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -35,12 +36,19 @@ def answers(url: str) -> bool:
 
 def start(args, env, cwd=ROOT):
     return subprocess.Popen([sys.executable, "-m", "btsguru", *args], cwd=cwd, env=cli_env(env),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
 
 
 def stop(process, sig=signal.SIGTERM):
     process.send_signal(sig)
-    out, err = process.communicate(timeout=30)
+    try:
+        out, err = process.communicate(timeout=30)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)  # the supervisor and its workers
+        out, err = process.communicate()
+        raise AssertionError(f"did not stop within 30 s after {sig!r}; stderr:\n{err}") \
+            from None
     return process.returncode, out, err
 
 
