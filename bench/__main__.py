@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import importlib
 
-SCENARIOS = ("rest_hits",)
+SCENARIOS = ("rest_hits", "normalize")
 
 
 def main() -> None:

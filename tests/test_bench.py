@@ -26,3 +26,12 @@ def test_rest_hits_scenario_runs_and_reports():
     assert report["first_answer"] == "MISS"
     assert report["upstream_requests"] == 1, "one miss, then hits only"
     assert report["machine"]["cores"] >= 1
+
+
+def test_normalize_scenario_runs_and_reports():
+    result = subprocess.run([sys.executable, "-m", "bench", "normalize"], cwd=ROOT,
+                            capture_output=True, text=True, timeout=120, check=False)
+    assert result.returncode == 0, result.stderr
+    report = json.loads((ROOT / "bench" / "results" / "normalize.json").read_text())
+    assert {row["sport"] for row in report["rows"]} >= {"football", "basketball"}
+    assert all(row["normalize ms (median)"] > 0 for row in report["rows"])
