@@ -17,8 +17,16 @@ _SCRUB = ("REDIS_URL", "DATABASE_URL", "RAPIDAPI_KEY", "SECRET_KEY", "REDIS_CACH
           "LOG_FORMAT", "BTSGURU_DEBUG")
 
 
+# Nothing in the tests may reach the internet: unless a test points a sport at the
+# simulator, its upstream is a closed local port (connection refused at once).
+OFFLINE_UPSTREAMS = {
+    f"RAPIDAPI_BASE_URL_{sport.upper().replace('-', '_')}": f"http://127.0.0.1:9/{sport}"
+    for sport in ("football", "basketball", "hockey", "baseball", "american-football")}
+
+
 def cli_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in _SCRUB}
+    env.update(OFFLINE_UPSTREAMS)
     env.update(extra or {})
     return env
 

@@ -10,6 +10,7 @@ import pytest
 import redis
 
 from btsguru.config import Config, load_config
+from tests.cli_helpers import OFFLINE_UPSTREAMS
 
 REDIS_TEST_URL = "redis://127.0.0.1:6379/0"
 
@@ -24,6 +25,7 @@ def make_test_config(tmp_path: Path, **overrides: str) -> Config:
         "RAPIDAPI_KEY": "test-upstream-key",
         "REVERB_APP_SECRET": "test-app-secret",
     }
+    env.update(OFFLINE_UPSTREAMS)  # never the internet; tests point sports at the simulator
     env.update(overrides)
     return load_config(environ=env, env_file=None)
 

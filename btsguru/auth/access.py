@@ -44,6 +44,7 @@ from btsguru.clock import Clock
 from btsguru.config import Config
 from btsguru.db.runner import DatabaseRunner
 from btsguru.errors import BtsguruError, Forbidden, NotFound, Unauthorized, Unavailable
+from btsguru.lifecycle import cancel_tasks
 from btsguru.store.redis import RedisStores
 
 log = logging.getLogger(__name__)
@@ -342,8 +343,9 @@ class AccessService:
                             failures, exc, exc_info=not isinstance(exc, RedisError | OSError))
             finally:
                 self.listening.clear()
+                # bounded: a pub/sub cancelled mid-connect can leave aclose waiting
                 with contextlib.suppress(Exception):
-                    await pubsub.aclose()  # type: ignore[no-untyped-call]
+                    await asyncio.wait_for(pubsub.aclose(), STOP_FLUSH_TIMEOUT_S)  # type: ignore[no-untyped-call]
             await self._clock.sleep(_backoff_s(1.0, failures))
 
     # -- background work --
@@ -379,11 +381,7 @@ class AccessService:
     async def stop(self) -> None:
         """Cancel the tasks, then flush what is buffered (best effort, bounded)."""
         tasks, self._tasks = self._tasks, []
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_tasks(tasks, owner="access")
         for name, final in (("usage flush", self._flush),
                             ("last-used update", self._touch_last_used)):
             try:

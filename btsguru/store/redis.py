@@ -28,6 +28,10 @@ log = logging.getLogger(__name__)
 # the contract allows 30 s for a CLI command to report an unreachable Redis.
 REDIS_CONNECT_TIMEOUT_S = 5.0
 REDIS_SOCKET_TIMEOUT_S = 10.0
+# Connections per logical database per process: plenty for pipelined hot paths, and a
+# bound so a burst cannot open thousands of sockets to Redis; past it, callers wait.
+REDIS_MAX_CONNECTIONS = 200
+REDIS_POOL_WAIT_S = 5.0
 
 
 @dataclass(frozen=True)
@@ -93,15 +97,15 @@ def open_redis(config: Config) -> RedisStores:
     if not url:
         password = config.redis_password.reveal() or None
         description = f"{config.redis_host}:{config.redis_port}"
-        clients = [aioredis.Redis(host=config.redis_host, port=config.redis_port,
-                                  password=password, db=db, **common) for db in dbs]
+        clients = [_pooled(host=config.redis_host, port=config.redis_port, password=password,
+                           db=db, **common) for db in dbs]
     elif url.startswith(("redis://", "rediss://")):
         parts = urlsplit(url)
         # the URL's path names REDIS_DB; the other databases keep their own settings
         path = parts.path.strip("/")
         dbs = (int(path) if path else config.redis_db, *dbs[1:])
         description = mask_url(url)
-        clients = [aioredis.Redis(
+        clients = [_pooled(
             host=parts.hostname or "127.0.0.1", port=parts.port or 6379,
             username=unquote(parts.username) if parts.username else None,
             password=unquote(parts.password) if parts.password
@@ -111,6 +115,16 @@ def open_redis(config: Config) -> RedisStores:
         description = url
         clients = [aioredis.Redis.from_url(url, db=db, **common) for db in dbs]
     return _stores(clients, keys, embedded=False, description=description)
+
+
+def _pooled(*, ssl: bool = False, **kwargs: Any) -> aioredis.Redis:
+    """A client whose pool waits for a free connection instead of failing with "Too many
+    connections" when a burst (thousands of streams connecting at once) needs more."""
+    connection_class = aioredis.SSLConnection if ssl else aioredis.Connection
+    pool = aioredis.BlockingConnectionPool(max_connections=REDIS_MAX_CONNECTIONS,
+                                           timeout=REDIS_POOL_WAIT_S,
+                                           connection_class=connection_class, **kwargs)
+    return aioredis.Redis.from_pool(pool)
 
 
 def _stores(clients: list[aioredis.Redis], keys: Keys, *, embedded: bool,

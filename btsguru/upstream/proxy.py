@@ -28,6 +28,7 @@ from redis.exceptions import RedisError
 
 from btsguru.clock import Clock
 from btsguru.errors import BtsguruError, Unavailable, UpstreamError
+from btsguru.lifecycle import cancel_tasks
 from btsguru.store.cache import CachedResponse, CacheState, RawCache
 from btsguru.store.redis import RedisStores
 from btsguru.upstream.client import UpstreamClient
@@ -83,9 +84,7 @@ class RawProxy:
         return self._answer(fresh, CacheState.MISS, self._clock.time())
 
     async def close(self) -> None:
-        for task in list(self._refreshes):
-            task.cancel()
-        await asyncio.gather(*self._refreshes, return_exceptions=True)
+        await cancel_tasks(self._refreshes, owner="raw proxy")
 
     def _answer(self, entry: CachedResponse, state: CacheState, now: float) -> ProxyAnswer:
         self._cache.counters.count(state)
