@@ -1,0 +1,509 @@
+"""The games store: latest state, event numbering, history and publishing, and persistence.
+
+Where it sits: pollers -> normalize -> diff -> **store** + bus -> hub. The pollers call
+`ingest(sport, games)`; REST reads `get`, `live` and `list`.
+
+Redis layout (all on the `reverb` database, which the contract gives to real-time state;
+each key carries the `{sport}` Cluster hash tag so that one Lua script may touch them):
+
+- `game:{sport}:{id}`: the Game's JSON (orjson). One key per game rather than one hash per
+  sport, because each game needs its own expiry (Redis 7.0 has no per-field TTL): a
+  game expires `GAME_TTL_S` (3 days) after its start or its last write, whichever is
+  later, and the database answers for it after that.
+- `seq:{sport}:{id}`: the game's last event number. It outlives the game key
+  (`SEQ_TTL_S`), so a game that comes back continues its numbering.
+- `live:{sport}`: the ids of games in play (phase live or break): `/live` is one SMEMBERS
+  plus one MGET.
+- `day:{sport}:{YYYY-MM-DD}`: the ids of the games starting that UTC day, scored by start
+  time: listing a day is one ZRANGE plus one MGET. Yesterday, today and tomorrow are
+  read here; other days from the database (whose `(sport, start_time)` index serves them).
+- `history:{sport}`: the event stream (`store.history`).
+
+Ingest, per game: load the stored state (Redis, or the database when Redis lost it),
+`diff_games(old, new)`, then one Lua script checks that the stored state is still the
+one diffed against (compare-and-set on its SHA-1 and on the seq counter), assigns the
+changes consecutive numbers, stores the new state with `seq` = the last one, updates
+the indexes, appends each change to the history and PUBLISHes it. A concurrent writer
+makes the check fail and the game is re-read and re-diffed (a poller lease normally
+leaves one writer per sport, but correctness does not depend on it). So `seq` is
+gap-free and history order is `seq` order per game, across every process. A game whose
+only difference is the clock is stored the same way with no event; one with no
+difference at all (server_time aside) is not written. All games of one call share two
+round trips (a pipelined read, then a pipeline of scripts).
+
+Persistence: every game seen (first sighting or any change; not mere clock ticks) is
+upserted into `GameRecord` through the runner's single writer, batched per ingest call;
+rows that fail to write stay pending and go with the next call, so a database outage
+delays persistence without failing the poll. Last writer wins in the database: the
+lease makes the pollers the only writers, and their last write is a game's last state.
+"""
+
+from __future__ import annotations
+
+import builtins
+import hashlib
+import logging
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, replace
+from datetime import UTC, date, datetime, timedelta
+from typing import Any
+
+import orjson
+import peewee
+
+from btsguru.clock import Clock
+from btsguru.db import models
+from btsguru.db.models import GameRecord, to_db_time, utc_now
+from btsguru.db.runner import DatabaseRunner
+from btsguru.diff import diff_games
+from btsguru.sports.base import Change, Game, Phase, game_from_json, game_to_json
+from btsguru.sports.static import LeagueInfo, TeamInfo
+from btsguru.store.bus import Bus, BusEvent, game_channel
+from btsguru.store.history import (
+    APPEND_LUA,
+    HISTORY_MAX_ENTRIES,
+    HISTORY_RETENTION_S,
+    history_key,
+)
+from btsguru.store.redis import RedisStores
+
+log = logging.getLogger(__name__)
+
+GAME_TTL_S = 3 * 86400  # finished games stay in Redis 3 days, then the database answers
+SEQ_TTL_S = 30 * 86400  # a postponed game that returns within a month keeps its numbering
+INGEST_MARK_TTL_S = 86400
+CAS_ATTEMPTS = 8  # a conflict needs another writer; eight in a row means something is off
+DB_BATCH_ROWS = 200  # rows per INSERT: far under SQLite's bound-variable limit
+UTC_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
+EPOCH = datetime(1970, 1, 1)  # naive UTC, as the database stores times
+
+# KEYS: game, seq, live set, new day zset, old day zset, history stream
+# ARGV: expected sha1 ('' = absent), expected seq ('' = absent), game JSON, new seq,
+#   game TTL s, seq TTL s, in play, game id, start epoch, has day, had old day, day TTL s,
+#   sport, retention ms, max entries, n events, then 7 per event:
+#   event, channel, league, game, seq, data, pub/sub channel ('' = not published here)
+_INGEST_SCRIPT = APPEND_LUA + """
+local current = redis.call('GET', KEYS[1])
+if ARGV[1] == '' then
+  if current then return {0} end
+elseif (not current) or redis.sha1hex(current) ~= ARGV[1] then
+  return {0}
+end
+if (redis.call('GET', KEYS[2]) or '') ~= ARGV[2] then return {0} end
+redis.call('SET', KEYS[1], ARGV[3], 'EX', ARGV[5])
+redis.call('SET', KEYS[2], ARGV[4], 'EX', ARGV[6])
+if ARGV[7] == '1' then
+  redis.call('SADD', KEYS[3], ARGV[8])
+else
+  redis.call('SREM', KEYS[3], ARGV[8])
+end
+if ARGV[11] == '1' and KEYS[5] ~= KEYS[4] then redis.call('ZREM', KEYS[5], ARGV[8]) end
+if ARGV[10] == '1' then
+  redis.call('ZADD', KEYS[4], ARGV[9], ARGV[8])
+  redis.call('EXPIRE', KEYS[4], ARGV[12])
+end
+local out = {1}
+local n = tonumber(ARGV[16])
+for i = 0, n - 1 do
+  local a = 17 + i * 7
+  out[#out + 1] = append_event(KEYS[6], ARGV[13], ARGV[a], ARGV[a + 1], ARGV[a + 2],
+                               ARGV[a + 3], ARGV[a + 4], ARGV[a + 5], ARGV[a + 6])
+end
+if n > 0 then trim_history(KEYS[6], out[#out], tonumber(ARGV[14]), tonumber(ARGV[15])) end
+return out
+"""
+
+
+@dataclass(frozen=True)
+class StoredChange:
+    """A change as broadcast: numbered (`change.seq`) and with its history id."""
+
+    id: str
+    change: Change
+    data_json: bytes
+
+    @property
+    def event(self) -> str:
+        return self.change.event
+
+    @property
+    def seq(self) -> int:
+        return self.change.seq
+
+    def to_bus_event(self) -> BusEvent:
+        c = self.change
+        return BusEvent(id=self.id, event=c.event,
+                        channel=game_channel(c.sport, c.league_id, c.game_id),
+                        data_json=self.data_json)
+
+
+@dataclass(frozen=True)
+class IngestResult:
+    changes: tuple[StoredChange, ...]  # per game in seq order; games in input order
+    new_games: int  # first sightings
+    updated_games: int  # stored again (events or clock)
+    events: int
+    skipped: int = 0  # games left for the next poll after repeated write conflicts
+
+
+@dataclass
+class _Plan:
+    new: Game  # as normalized
+    old: Game | None
+    old_raw: bytes | None  # what Redis held (None: absent there)
+    seq_raw: bytes | None
+    from_db: bool = False
+
+
+class GameStore:
+    def __init__(self, redis: RedisStores, runner: DatabaseRunner, clock: Clock,
+                 bus: Bus) -> None:
+        self._redis = redis.reverb
+        self._keys = redis.keys
+        self._runner = runner
+        self._clock = clock
+        self._bus = bus
+        self._script = self._redis.register_script(_INGEST_SCRIPT)
+        self._pending: dict[tuple[str, int], Game] = {}
+
+    # -- keys --
+
+    def _game_key(self, sport: str, game_id: int) -> str:
+        return self._keys.key("game", "{" + sport + "}", game_id)
+
+    def _seq_key(self, sport: str, game_id: int) -> str:
+        return self._keys.key("seq", "{" + sport + "}", game_id)
+
+    def _live_key(self, sport: str) -> str:
+        return self._keys.key("live", "{" + sport + "}")
+
+    def _day_key(self, sport: str, day: date | str) -> str:
+        return self._keys.key("day", "{" + sport + "}", str(day))
+
+    def _mark_key(self, sport: str) -> str:
+        return self._keys.key("ingested", "{" + sport + "}")
+
+    # -- ingest --
+
+    async def ingest(self, sport: str, games: Sequence[Game]) -> IngestResult:
+        """Store `games` (one poll's worth, for `sport`), number and publish their
+        changes. Returns what was broadcast. Raises on a Redis failure (nothing half
+        written for any one game: each game is one script)."""
+        latest: dict[int, Game] = {}
+        for game in games:
+            if game.sport != sport:
+                raise ValueError(f"{game.sport} game {game.id} ingested as {sport}")
+            latest[game.id] = game  # the last word on a game within one poll wins
+        plans = await self._load(sport, list(latest.values()))
+        stored: list[StoredChange] = []
+        counts = {"new": 0, "updated": 0, "skipped": 0}
+        pending = plans
+        for _attempt in range(CAS_ATTEMPTS):
+            conflicts = await self._write(sport, pending, stored, counts)
+            if not conflicts:
+                break
+            pending = await self._load(sport, [p.new for p in conflicts])
+        else:
+            counts["skipped"] = len(conflicts)
+            log.warning("%s: %d games kept changing under us (%d attempts); next poll",
+                        sport, len(conflicts), CAS_ATTEMPTS)
+        if self._bus.redis_channel(f"sports.{sport}") is None:
+            for item in stored:  # a Redis bus got them from the script, in order
+                await self._bus.publish(item.to_bus_event())
+        await self._redis.set(self._mark_key(sport), repr(self._clock.time()),
+                              ex=INGEST_MARK_TTL_S)
+        await self.flush()
+        return IngestResult(changes=tuple(stored), new_games=counts["new"],
+                            updated_games=counts["updated"], events=len(stored),
+                            skipped=counts["skipped"])
+
+    async def _load(self, sport: str, games: Sequence[Game]) -> list[_Plan]:
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for game in games:
+                pipe.get(self._game_key(sport, game.id))
+                pipe.get(self._seq_key(sport, game.id))
+            raw = await pipe.execute()
+        plans = [_Plan(new=game, old=None if raw[2 * i] is None else _decode(raw[2 * i]),
+                       old_raw=raw[2 * i], seq_raw=raw[2 * i + 1])
+                 for i, game in enumerate(games)]
+        missing = [p.new.id for p in plans if p.old_raw is None]
+        if missing:
+            known = await self._runner.read(_db_games_by_id, sport, missing)
+            for plan in plans:
+                if plan.old_raw is None and plan.new.id in known:
+                    plan.old, plan.from_db = known[plan.new.id], True
+        return plans
+
+    async def _write(self, sport: str, plans: Sequence[_Plan], stored: list[StoredChange],
+                     counts: dict[str, int]) -> list[_Plan]:
+        """Run the scripts of `plans` in one pipeline; returns the plans that lost a
+        compare-and-set (to re-read and retry)."""
+        now = self._clock.time()
+        now_iso = datetime.fromtimestamp(now, UTC).strftime(UTC_FORMAT)
+        work: list[tuple[_Plan, Game, list[Change], list[bytes]]] = []
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for plan in plans:
+                old, new = plan.old, plan.new
+                if old is not None and not plan.from_db and _same_observation(old, new):
+                    continue
+                changes = diff_games(old, new)
+                base = max(int(plan.seq_raw) if plan.seq_raw else 0, old.seq if old else 0)
+                changes = [replace(c, seq=base + i) for i, c in enumerate(changes, start=1)]
+                game = replace(new, seq=base + len(changes), updated_at=now_iso)
+                data = [orjson.dumps(c.to_json()) for c in changes]
+                keys, args = self._script_call(sport, plan, game, changes, data, now)
+                await self._script(keys=keys, args=args, client=pipe)
+                work.append((plan, game, changes, data))
+            results = await pipe.execute() if work else []
+        conflicts = []
+        for (plan, game, changes, data), result in zip(work, results, strict=True):
+            if int(result[0]) != 1:
+                conflicts.append(plan)
+                continue
+            ids = [r.decode() if isinstance(r, bytes) else str(r) for r in result[1:]]
+            stored.extend(StoredChange(id=i, change=c, data_json=d)
+                          for i, c, d in zip(ids, changes, data, strict=True))
+            if plan.old is None:
+                counts["new"] += 1
+            else:
+                counts["updated"] += 1
+            if plan.old is None or plan.from_db or changes:
+                self._pending[(sport, game.id)] = game
+        return conflicts
+
+    def _script_call(self, sport: str, plan: _Plan, game: Game, changes: list[Change],
+                     data: list[bytes], now: float) -> tuple[list[str], list[Any]]:
+        start = _start_epoch(game)
+        new_day = _day_of(game)
+        old_day = _day_of(plan.old) if plan.old is not None and plan.old_raw else None
+        # relative TTLs (not EXAT): the injected clock need not agree with Redis's
+        ttl_s = int(max((start or now) - now, 0) + GAME_TTL_S)
+        day_ttl_s = int(max(_day_epoch(new_day) + 86400 - now, 0) + GAME_TTL_S + 86400) \
+            if new_day else 0
+        keys = [self._game_key(sport, game.id), self._seq_key(sport, game.id),
+                self._live_key(sport), self._day_key(sport, new_day or "none"),
+                self._day_key(sport, old_day or new_day or "none"),
+                history_key(self._keys, sport)]
+        args: list[Any] = [
+            hashlib.sha1(plan.old_raw).hexdigest() if plan.old_raw else "",  # noqa: S324 -- a checksum, not security
+            plan.seq_raw or "", orjson.dumps(game_to_json(game)), game.seq, ttl_s,
+            ttl_s + SEQ_TTL_S, "1" if game.status.phase.in_play else "0", game.id,
+            start or 0, "1" if new_day else "0", "1" if old_day else "0", day_ttl_s,
+            sport, HISTORY_RETENTION_S * 1000, HISTORY_MAX_ENTRIES, len(changes)]
+        for change, payload in zip(changes, data, strict=True):
+            channel = game_channel(sport, change.league_id, change.game_id)
+            args += [change.event, channel, change.league_id, change.game_id, change.seq,
+                     payload, self._bus.redis_channel(channel) or ""]
+        return keys, args
+
+    async def flush(self) -> None:
+        """Write the games not yet persisted (one transaction); on failure they stay
+        pending for the next call."""
+        if not self._pending:
+            return
+        batch, self._pending = self._pending, {}
+        try:
+            await self._runner.write(_upsert_games, list(batch.values()))
+        except Exception as exc:
+            for key, game in batch.items():
+                self._pending.setdefault(key, game)  # a newer state may have come meanwhile
+            log.warning("persisting %d games failed, will retry: %s", len(batch), exc)
+
+    # -- reads --
+
+    async def get(self, sport: str, game_id: int) -> Game | None:
+        raw = await self._redis.get(self._game_key(sport, game_id))
+        if raw is not None:
+            return _decode(raw)
+        known = await self._runner.read(_db_games_by_id, sport, [game_id])
+        return known.get(game_id)
+
+    async def live(self, sport: str) -> list[Game]:
+        """Games in play, by start time."""
+        ids = await self._redis.smembers(self._live_key(sport))
+        games = await self._by_ids(sport, sorted(int(i) for i in ids), fall_back=False)
+        gone = [i for i in ids if int(i) not in {g.id for g in games}]
+        if gone:  # expired while listed (their poller stopped seeing them): forget them
+            await self._redis.srem(self._live_key(sport), *gone)
+        return _ordered(g for g in games if g.status.phase.in_play)
+
+    async def live_counts(self, sports: Sequence[str]) -> dict[str, int]:
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for sport in sports:
+                pipe.scard(self._live_key(sport))
+            counts = await pipe.execute()
+        return {sport: int(n) for sport, n in zip(sports, counts, strict=True)}
+
+    async def last_ingest_at(self, sport: str) -> float | None:
+        raw = await self._redis.get(self._mark_key(sport))
+        return float(raw) if raw is not None else None
+
+    async def list(self, sport: str, *, date: date | None = None, league: int | None = None,
+                   team: int | None = None, phase: Phase | None = None) -> builtins.list[Game]:
+        """The games starting on UTC `date` (default today), filtered, by start time."""
+        today = datetime.fromtimestamp(self._clock.time(), UTC).date()
+        day = date or today
+        games: builtins.list[Game] | None = None
+        if abs((day - today).days) <= 1:
+            key = self._day_key(sport, day)
+            async with self._redis.pipeline(transaction=False) as pipe:
+                pipe.exists(key)
+                pipe.zrange(key, 0, -1)
+                exists, ids = await pipe.execute()
+            if exists:
+                games = await self._by_ids(sport, [int(i) for i in ids], fall_back=True)
+        if games is None:
+            games = await self._runner.read(_db_games_on, sport, day, league, team,
+                                            phase.value if phase else None)
+        return _ordered(g for g in games if _matches(g, league, team, phase))
+
+    async def _by_ids(self, sport: str, ids: Sequence[int], *,
+                      fall_back: bool) -> builtins.list[Game]:
+        if not ids:
+            return []
+        raw = await self._redis.mget([self._game_key(sport, i) for i in ids])
+        games = [_decode(r) for r in raw if r is not None]
+        missing = [i for i, r in zip(ids, raw, strict=True) if r is None]
+        if missing and fall_back:
+            games += (await self._runner.read(_db_games_by_id, sport, missing)).values()
+        return games
+
+    # -- static data --
+
+    async def save_leagues(self, sport: str, leagues: Sequence[LeagueInfo]) -> None:
+        if leagues:
+            await self._runner.write(_upsert_leagues, sport, list(leagues))
+
+    async def save_teams(self, sport: str, teams: Sequence[TeamInfo]) -> None:
+        if teams:
+            await self._runner.write(_upsert_teams, sport, list(teams))
+
+    async def close(self) -> None:
+        await self.flush()
+
+
+# -- pure --
+
+def _decode(raw: bytes | str) -> Game:
+    return game_from_json(orjson.loads(raw))
+
+
+def _same_observation(old: Game, new: Game) -> bool:
+    """Nothing but the observation time differs (a scheduled game re-swept, a break)."""
+    seen = replace(new, status=replace(new.status, server_time=old.status.server_time),
+                   seq=old.seq, updated_at=old.updated_at)
+    return seen == old
+
+
+def _start(game: Game) -> datetime | None:
+    try:
+        return datetime.strptime(game.start_time, UTC_FORMAT).replace(tzinfo=UTC)
+    except ValueError:
+        return None  # normalize gives "" when the upstream sent no usable time
+
+
+def _start_epoch(game: Game) -> int | None:
+    start = _start(game)
+    return int(start.timestamp()) if start else None
+
+
+def _day_of(game: Game) -> date | None:
+    start = _start(game)
+    return start.date() if start else None
+
+
+def _day_epoch(day: date) -> float:
+    return datetime(day.year, day.month, day.day, tzinfo=UTC).timestamp()
+
+
+def _matches(game: Game, league: int | None, team: int | None, phase: Phase | None) -> bool:
+    return ((league is None or game.league.id == league)
+            and (team is None or team in (game.home.id, game.away.id))
+            and (phase is None or game.status.phase is phase))
+
+
+def _ordered(games: Iterable[Game]) -> list[Game]:
+    return sorted(games, key=lambda g: (g.start_time, g.id))
+
+
+# -- in the database's threads --
+
+def _upsert(model: type[models.BaseModel], rows: list[dict[str, Any]],
+            conflict: Sequence[peewee.Field], preserve: Sequence[peewee.Field]) -> None:
+    db = model._meta.database
+    db = getattr(db, "obj", db)  # the proxy's target
+    for at in range(0, len(rows), DB_BATCH_ROWS):
+        query = model.insert_many(rows[at:at + DB_BATCH_ROWS])
+        if isinstance(db, peewee.MySQLDatabase):
+            query = query.on_conflict(preserve=list(preserve))  # ON DUPLICATE KEY: no target
+        else:
+            query = query.on_conflict(conflict_target=list(conflict), preserve=list(preserve))
+        query.execute()
+
+
+def _upsert_games(games: list[Game]) -> None:
+    now = utc_now()
+    rows = []
+    for game in games:
+        start = _start(game)
+        rows.append({
+            "sport": game.sport, "id": game.id, "league_id": game.league.id,
+            "start_time": to_db_time(start) if start else EPOCH,
+            "phase": game.status.phase.value, "status_code": game.status.code[:16],
+            "home_team_id": game.home.id, "away_team_id": game.away.id,
+            "data": orjson.dumps(game_to_json(game)), "updated_at": now,
+        })
+    G = GameRecord
+    _upsert(GameRecord, rows, (G.sport, G.id),
+            (G.league_id, G.start_time, G.phase, G.status_code, G.home_team_id,
+             G.away_team_id, G.data, G.updated_at))
+
+
+def _db_games_by_id(sport: str, ids: Sequence[int]) -> dict[int, Game]:
+    out: dict[int, Game] = {}
+    for at in range(0, len(ids), DB_BATCH_ROWS):
+        query = GameRecord.select(GameRecord.id, GameRecord.data).where(
+            (GameRecord.sport == sport) & GameRecord.id.in_(list(ids[at:at + DB_BATCH_ROWS])))
+        for row in query:
+            out[row.id] = game_from_json(orjson.loads(row.data))
+    return out
+
+
+def _db_games_on(sport: str, day: date, league: int | None, team: int | None,
+                 phase: str | None) -> list[Game]:
+    start = datetime(day.year, day.month, day.day)  # naive UTC, as stored
+    G = GameRecord
+    query = G.select(G.data).where((G.sport == sport) & (G.start_time >= start)
+                                   & (G.start_time < start + timedelta(days=1)))
+    if league is not None:
+        query = query.where(G.league_id == league)
+    if team is not None:
+        query = query.where((G.home_team_id == team) | (G.away_team_id == team))
+    if phase is not None:
+        query = query.where(G.phase == phase)
+    return [game_from_json(orjson.loads(row.data)) for row in query.order_by(G.start_time, G.id)]
+
+
+def _upsert_leagues(sport: str, leagues: list[LeagueInfo]) -> None:
+    now = utc_now()
+    rows = [{"sport": sport, "id": lg.id, "name": lg.name[:200],
+             "country": lg.country[:100] if lg.country else None,
+             "season": str(lg.season)[:16] if lg.season is not None else None,
+             "logo": lg.logo[:500] if lg.logo else None,
+             "data": orjson.dumps(lg.to_json()), "updated_at": now} for lg in leagues]
+    L = models.League
+    _upsert(L, rows, (L.sport, L.id), (L.name, L.country, L.season, L.logo, L.data,
+                                       L.updated_at))
+
+
+def _upsert_teams(sport: str, teams: list[TeamInfo]) -> None:
+    now = utc_now()
+    rows = [{"sport": sport, "id": t.id, "name": t.name[:200],
+             "logo": t.logo[:500] if t.logo else None, "league_id": t.league_id,
+             "data": orjson.dumps(t.to_json()), "updated_at": now} for t in teams]
+    T = models.Team
+    # a team listed without a league keeps the league it had
+    preserve = (T.name, T.logo, T.data, T.updated_at) if any(
+        t.league_id is None for t in teams) else (T.name, T.logo, T.league_id, T.data,
+                                                  T.updated_at)
+    _upsert(T, rows, (T.sport, T.id), preserve)
