@@ -1,0 +1,538 @@
+"""The poller tasks of one sport: live scores, the schedule, static data and standings.
+
+Where it sits: upstream client -> **pollers** -> normalize -> GameStore.ingest (diff, seq,
+history, bus). Each task is run in a loop by the `Scheduler`; one `run_once` fetches
+(through `Fetcher`, which also fills the raw cache), normalizes and stores, then says how
+long to sleep (`cadence.py`).
+
+The work grows with live games; the requests grow much more slowly:
+- live (`LiveTask`): football and American football ask `live=all` (one call, every game
+  in play, football's with their events); basketball, hockey and baseball have no live
+  query and sweep `games?date=<today UTC>` (one call), filtered locally. Details come
+  batched and only when needed: games that left football's live list get their final
+  state through `fixtures?ids=` (up to 20 a call, events included; also any live game
+  whose events were missing); American football's through the date of their day; hockey
+  fetches `games/events?game=ID` for a game in play when its score changed since its
+  events were last fetched, or when they are older than `POLL_DETAILS_INTERVAL_S`, at
+  most `MAX_DETAIL_CALLS_PER_RUN` a run (spread over runs).
+- schedule (`ScheduleTask`): yesterday, today and tomorrow by date, a few times an hour
+  (the date-sweeping sports leave today to the live task); it stores the games not in
+  play (those are the live task's), fills the schedule book, and wakes the live task
+  when a game starts before its next run.
+- static (`StaticTask`): the leagues, then the teams of each league of interest (with
+  games yesterday to tomorrow), every `POLL_STATIC_INTERVAL_S`.
+- standings (`StandingsTask`): each league of interest hourly while it has a game in
+  play, daily otherwise.
+
+The live and schedule tasks of a sport write the same games, so they share one lease
+(`<sport>:games`: they always run in the same process) and one lock: two writers of a
+game could otherwise store an older answer after a newer one, and a goal would be sent
+twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+from types import MappingProxyType
+from typing import Any, Protocol
+
+from btsguru.clock import Clock
+from btsguru.diff import GAME_EVENT
+from btsguru.errors import BtsguruError
+from btsguru.pollers.book import (
+    BookEntry,
+    DueBook,
+    ScheduleBook,
+    entry_of,
+    leagues_of_interest,
+    next_start,
+)
+from btsguru.pollers.budget import SportBudget
+from btsguru.pollers.cadence import (
+    CadenceSettings,
+    Kind,
+    LiveDecision,
+    PollShape,
+    live_decision,
+    standings_interval_s,
+)
+from btsguru.pollers.fetch import Fetcher
+from btsguru.pollers.scheduler import IterationFailed, RunReport
+from btsguru.pollers.state import PollerState, iso_utc
+from btsguru.sports.base import Game, Phase
+from btsguru.sports.normalize import (
+    SPORTS_WITH_EVENTS,
+    carry_events,
+    normalize_events,
+    normalize_games,
+    with_events,
+)
+from btsguru.sports.static import LeagueInfo, TeamInfo, leagues_from_upstream, teams_from_upstream
+from btsguru.store.games import IngestResult
+
+log = logging.getLogger(__name__)
+
+MAX_IDS = 20  # the upstream's cap on football's `ids=`
+# Hockey event fetches per live run: with 15 s runs, 4 a run covers 16 games a minute,
+# and a busy evening's goals still get their events within a run or two.
+MAX_DETAIL_CALLS_PER_RUN = 4
+# Teams or standings fetched per run of the slow tasks: a new day's leagues are spread
+# over a few runs instead of a burst against the minute quota.
+MAX_SLOW_CALLS_PER_RUN = 10
+# Roughly how often a game in play scores (hockey: ~6 goals in ~90 min of play): each
+# goal costs one event fetch, for the budget's estimate.
+GOAL_EVERY_S = 900.0
+# The slow tasks look for due work this often (no upstream call when nothing is due).
+STANDINGS_CHECK_S = 300.0
+
+
+@dataclass(frozen=True)
+class SportQueries:
+    """How a sport's upstream is asked (API-SPORTS.md sections 4 and 5)."""
+
+    list_endpoint: str
+    live_all: bool  # has `live=all`
+    finals_by_ids: bool  # `ids=` (football): finals and missing events, 20 a call
+    events_endpoint: str | None  # a per-game event feed, and its parameter
+    events_param: str | None
+    league_params: Mapping[str, str]
+
+    def shape(self, settings: CadenceSettings) -> PollShape:
+        details_per_game_s = 0.0
+        if self.events_endpoint is not None:
+            # the periodic refresh, plus one fetch per goal (hockey: ~1 per 15 min of play)
+            details_per_game_s = 1 / settings.details_s + 1 / GOAL_EVERY_S
+        return PollShape(live_calls=1.0, schedule_calls=3.0 if self.live_all else 2.0,
+                         details_per_game_s=details_per_game_s,
+                         details_per_finish=1.0 if self.live_all else 0.0)
+
+
+QUERIES: Mapping[str, SportQueries] = MappingProxyType({
+    "football": SportQueries("fixtures", True, True, None, None, {"current": "true"}),
+    "basketball": SportQueries("games", False, False, None, None, {}),
+    "hockey": SportQueries("games", False, False, "games/events", "game", {}),
+    "baseball": SportQueries("games", False, False, None, None, {}),
+    "american-football": SportQueries("games", True, False, None, None, {"current": "true"}),
+})
+
+
+class GameSink(Protocol):
+    """What the pollers need of the GameStore."""
+
+    async def ingest(self, sport: str, games: Sequence[Game]) -> IngestResult: ...
+
+    async def live(self, sport: str) -> Sequence[Game]: ...
+
+    async def list(self, sport: str, *, date: date | None = None) -> Sequence[Game]: ...
+
+    async def save_leagues(self, sport: str, leagues: Sequence[LeagueInfo]) -> Any: ...
+
+    async def save_teams(self, sport: str, teams: Sequence[TeamInfo]) -> Any: ...
+
+
+class StandingsSink(Protocol):
+    async def fetched(self, sport: str, league_id: int, season: str | None,
+                      response_items: Any, fetched_at: float) -> int:
+        """Store one `/standings` answer; returns the rows stored."""
+
+
+@dataclass
+class SportContext:
+    """What every task of one sport shares."""
+
+    sport: str
+    queries: SportQueries
+    settings: CadenceSettings
+    clock: Clock
+    fetcher: Fetcher
+    games: GameSink
+    standings: StandingsSink | None
+    book: ScheduleBook
+    due: DueBook
+    budget: SportBudget
+    state: PollerState
+    lock: asyncio.Lock  # the game-writing tasks of the sport, one at a time
+
+    @property
+    def games_lease(self) -> str:
+        return f"{self.sport}:games"
+
+
+def utc_day(epoch_s: float, offset_days: int = 0) -> str:
+    return (datetime.fromtimestamp(epoch_s, UTC) + timedelta(days=offset_days)).strftime(
+        "%Y-%m-%d")
+
+
+def game_day(game: Game) -> str:
+    return game.start_time[:10]  # "2024-08-16T19:00:00Z": its UTC day
+
+
+def tally(result: IngestResult, report: RunReport) -> None:
+    """Count what `GameStore.ingest` published."""
+    report.changes += len(result.changes)
+    report.game_events += sum(1 for c in result.changes if c.change.event == GAME_EVENT)
+
+
+async def carry_stored(ctx: SportContext, games: Sequence[Game],
+                       known: Mapping[int, Game]) -> list[Game]:
+    """`games`, each keeping the events the store holds when its query carried none.
+
+    A date sweep has no events (football's `date=`, every hockey `/games`): stored as
+    they are, they would read as "every event removed". `known` holds the stored games
+    already read (the live set); the others that may have events are read here.
+    """
+    if ctx.sport not in SPORTS_WITH_EVENTS:
+        return list(games)
+    unknown = [g for g in games
+               if g.events is None and g.id not in known and g.status.phase is not Phase.SCHEDULED]
+    found: dict[int, Game] = dict(known)
+    # one read per day (the store's day index), not one per game
+    for day in sorted({game_day(g) for g in unknown if g.start_time}):
+        stored = await ctx.games.list(ctx.sport, date=date.fromisoformat(day))
+        found.update((g.id, g) for g in stored)
+    return [carry_events(found.get(g.id), g) for g in games]
+
+
+class _Calls:
+    """The upstream calls of one run: failures are collected, not raised, so a run does
+    what it can with the answers it got; `finish` raises the first failure after."""
+
+    def __init__(self, ctx: SportContext, report: RunReport) -> None:
+        self._ctx = ctx
+        self.report = report
+        self.first: BaseException | None = None
+
+    async def get(self, endpoint: str, params: Mapping[str, str]) -> list[Any] | None:
+        """The envelope's `response` list, or None when the call failed."""
+        self.report.requests += 1
+        try:
+            body = await self._ctx.fetcher.get(self._ctx.sport, endpoint, params)
+        except BtsguruError as exc:
+            self.report.failures += 1
+            self.report.errors.append(exc.message)
+            if self.first is None:
+                self.first = exc
+            return None
+        items = body.get("response")
+        return items if isinstance(items, list) else []
+
+    def finish(self) -> RunReport:
+        if self.first is not None:
+            raise IterationFailed(self.report, self.first)
+        return self.report
+
+
+def _moved(entry: BookEntry | None, game: Game) -> bool:
+    """The game is new to the book, or its phase or start time changed since."""
+    if entry is None or entry.phase is not game.status.phase:
+        return True
+    return bool(game.start_time) and entry.start_ts != entry_of(game).start_ts
+
+
+def _chunks(ids: Sequence[int], size: int) -> Iterable[Sequence[int]]:
+    for start in range(0, len(ids), size):
+        yield ids[start:start + size]
+
+
+class LiveTask:
+    """Scores and statuses of the games in play (see the module docstring)."""
+
+    task = "live"
+
+    def __init__(self, ctx: SportContext) -> None:
+        self._ctx = ctx
+        self.sport = ctx.sport
+        self.lease = ctx.games_lease
+        self._decision = LiveDecision(ctx.settings.live[ctx.sport].live_s, "first run")
+        # hockey: game id -> (when its events were fetched, the score then)
+        self._events_seen: dict[int, tuple[float, tuple[int | None, int | None]]] = {}
+        self.details_calls = 0
+
+    def next_delay_s(self) -> tuple[float, str]:
+        return self._decision.interval_s, self._decision.reason
+
+    def cadence_s(self) -> float:
+        return self._decision.interval_s
+
+    async def run_once(self) -> RunReport:
+        ctx = self._ctx
+        report = RunReport()
+        calls = _Calls(ctx, report)
+        plan = await ctx.budget.current()
+        async with ctx.lock:
+            now = ctx.clock.time()
+            stored = {g.id: g for g in await ctx.games.live(ctx.sport)}
+            fetched = await self._fetch(calls, stored, now)
+            if fetched is None:  # the main query failed: nothing to store
+                calls.finish()
+            games = list((fetched or {}).values())
+            if ctx.queries.events_endpoint is not None:
+                games = await self._with_details(calls, games, stored, now,
+                                                 ctx.settings.details_s * plan.factor(
+                                                     Kind.DETAILS))
+            entries = {e.game_id: e for e in await ctx.book.entries(ctx.sport)}
+            # store what is or was in play, and any game whose phase moved on (a date
+            # sweep repeats the day's other games unchanged: the schedule task has them)
+            changed = [g for g in games if g.status.phase.in_play or g.id in stored
+                       or _moved(entries.get(g.id), g)]
+            if changed:
+                changed = await carry_stored(ctx, changed, stored)
+                tally(await ctx.games.ingest(ctx.sport, changed), report)
+                await ctx.book.note(ctx.sport, changed, now)
+        in_play = [g for g in games if g.status.phase.in_play]
+        report.games = len(changed)
+        report.live_games = len(in_play)
+        upcoming = next_start(entries.values(), now)
+        self._decision = live_decision(ctx.sport, in_play, now, upcoming, ctx.settings,
+                                       plan.factor(Kind.LIVE))
+        report.extra = {"details_calls": str(self.details_calls)}
+        log.debug("%s live: %d in play, %d stored, %d changes, %d requests; next in %.0f s "
+                  "(%s)", ctx.sport, len(in_play), len(changed), report.changes,
+                  report.requests, self._decision.interval_s, self._decision.reason)
+        return calls.finish()
+
+    async def _fetch(self, calls: _Calls, stored: Mapping[int, Game],
+                     now: float) -> dict[int, Game] | None:
+        """The sport's live games (and the finals of those that left the live list)."""
+        ctx, q = self._ctx, self._ctx.queries
+        observed = iso_utc(now) or ""
+        fetched: dict[int, Game] = {}
+
+        def keep(items: list[Any], only: set[int] | None = None) -> None:
+            for game in normalize_games(ctx.sport, items, observed_at=observed):
+                if only is None or game.id in only:
+                    fetched[game.id] = game
+
+        if not q.live_all:
+            days = sorted({utc_day(now)} | {game_day(g) for g in stored.values()})
+            answered = False
+            for day in days:
+                items = await calls.get(q.list_endpoint, {"date": day})
+                if items is not None:
+                    answered = True
+                    keep(items)
+            return fetched if answered else None
+        items = await calls.get(q.list_endpoint, {"live": "all"})
+        if items is None:
+            return None
+        keep(items)
+        departed = [gid for gid in stored if gid not in fetched]
+        if q.finals_by_ids:
+            wanted = departed + [g.id for g in fetched.values()
+                                 if g.status.phase.in_play and g.events is None]
+            for chunk in _chunks(wanted, MAX_IDS):
+                items = await calls.get(q.list_endpoint, {"ids": "-".join(map(str, chunk))})
+                if items is not None:
+                    keep(items)
+                    self.details_calls += 1
+        elif departed:
+            gone = set(departed)
+            for day in sorted({game_day(stored[gid]) for gid in departed}):
+                items = await calls.get(q.list_endpoint, {"date": day})
+                if items is not None:
+                    keep(items, only=gone)
+                    self.details_calls += 1
+        return fetched
+
+    async def _with_details(self, calls: _Calls, games: list[Game], stored: Mapping[int, Game],
+                            now: float, refresh_s: float) -> list[Game]:
+        """Games with the events of those due for a fetch (hockey's `/games/events`)."""
+        ctx, q = self._ctx, self._ctx.queries
+        assert q.events_endpoint is not None and q.events_param is not None
+        due: list[tuple[int, float, Game]] = []
+        for game in games:
+            ended = game.id in stored and not game.status.phase.in_play
+            if not (game.status.phase.in_play or ended):
+                continue
+            score = (game.home.score, game.away.score)
+            seen = self._events_seen.get(game.id)
+            if seen is None or seen[1] != score or ended:
+                due.append((0, seen[0] if seen else 0.0, game))  # a goal: first
+            elif now - seen[0] >= refresh_s:
+                due.append((1, seen[0], game))
+        due.sort(key=lambda entry: (entry[0], entry[1]))
+        updated: dict[int, Game] = {}
+        for _, _, game in due[:MAX_DETAIL_CALLS_PER_RUN]:
+            items = await calls.get(q.events_endpoint, {q.events_param: str(game.id)})
+            if items is None:
+                continue
+            self.details_calls += 1
+            updated[game.id] = with_events(game, normalize_events(ctx.sport, items))
+            if game.status.phase.in_play:
+                self._events_seen[game.id] = (now, (game.home.score, game.away.score))
+            else:
+                self._events_seen.pop(game.id, None)
+        live_ids = {g.id for g in games if g.status.phase.in_play}
+        for gone in [gid for gid in self._events_seen if gid not in live_ids]:
+            del self._events_seen[gone]
+        return [updated.get(g.id, g) for g in games]
+
+
+class ScheduleTask:
+    """Yesterday's, today's and tomorrow's games (see the module docstring).
+
+    `include_today` is for `refresh` (the date-sweeping sports' live task sweeps today
+    when the pollers run)."""
+
+    task = "schedule"
+
+    def __init__(self, ctx: SportContext, *, include_today: bool | None = None) -> None:
+        self._ctx = ctx
+        self.sport = ctx.sport
+        self.lease = ctx.games_lease
+        self._include_today = ctx.queries.live_all if include_today is None else include_today
+        self._interval_s = ctx.settings.schedule_s
+
+    def next_delay_s(self) -> tuple[float, str]:
+        return self._interval_s, "schedule"
+
+    def cadence_s(self) -> float:
+        return self._interval_s
+
+    async def run_once(self) -> RunReport:
+        ctx = self._ctx
+        report = RunReport()
+        calls = _Calls(ctx, report)
+        plan = await ctx.budget.current()
+        self._interval_s = ctx.settings.schedule_s * plan.factor(Kind.SCHEDULE)
+        now = ctx.clock.time()
+        offsets = (-1, 0, 1) if self._include_today else (-1, 1)
+        fetched: dict[int, Game] = {}
+        observed = iso_utc(now) or ""
+        async with ctx.lock:
+            for offset in offsets:
+                items = await calls.get(ctx.queries.list_endpoint, {"date": utc_day(now, offset)})
+                if items is not None:
+                    for game in normalize_games(ctx.sport, items, observed_at=observed):
+                        fetched[game.id] = game
+            live = {g.id: g for g in await ctx.games.live(ctx.sport)}
+            entries = {e.game_id: e for e in await ctx.book.entries(ctx.sport)}
+            # the live task's games are its own; of the others, what the book does not
+            # know yet or knows differently (a new game, a status, a new start time)
+            chosen = [g for g in fetched.values()
+                      if not g.status.phase.in_play and g.id not in live
+                      and _moved(entries.get(g.id), g)]
+            if chosen:
+                chosen = await carry_stored(ctx, chosen, live)
+                tally(await ctx.games.ingest(ctx.sport, chosen), report)
+            if fetched:
+                await ctx.book.note(ctx.sport, fetched.values(), now)
+        report.games = len(chosen)
+        upcoming = next_start(await ctx.book.entries(ctx.sport), now)
+        if upcoming is not None:
+            wake_at = upcoming - ctx.settings.pregame_lead_s
+            if await ctx.state.wake(ctx.sport, LiveTask.task, max(now, wake_at)):
+                log.debug("%s schedule: live poller woken for the start at %s", ctx.sport,
+                          iso_utc(upcoming))
+        log.debug("%s schedule: %d games over %d days, %d stored, %d changes", ctx.sport,
+                  len(fetched), len(offsets), len(chosen), report.changes)
+        return calls.finish()
+
+
+class StaticTask:
+    """Leagues, and the teams of each league of interest."""
+
+    task = "static"
+
+    def __init__(self, ctx: SportContext, *, force: bool = False) -> None:
+        self._ctx = ctx
+        self.sport = ctx.sport
+        self.lease = f"{ctx.sport}:static"
+        self._force = force
+
+    def next_delay_s(self) -> tuple[float, str]:
+        # looks for due work as often as the schedule changes the leagues of interest
+        return self._ctx.settings.schedule_s, "static data check"
+
+    def cadence_s(self) -> float:
+        return self._ctx.settings.schedule_s
+
+    async def run_once(self) -> RunReport:
+        ctx = self._ctx
+        report = RunReport()
+        calls = _Calls(ctx, report)
+        plan = await ctx.budget.current()
+        refresh_s = ctx.settings.static_s * plan.factor(Kind.STATIC)
+        now = ctx.clock.time()
+        done = await ctx.due.fetched_at(ctx.sport, self.task)
+
+        def is_due(item: str) -> bool:
+            return self._force or now - done.get(item, float("-inf")) >= refresh_s
+
+        if is_due("leagues"):
+            items = await calls.get("leagues", ctx.queries.league_params)
+            if items is not None:
+                leagues = leagues_from_upstream(ctx.sport, items)
+                await ctx.games.save_leagues(ctx.sport, leagues)
+                await ctx.due.mark(ctx.sport, self.task, "leagues", now)
+                report.extra["leagues"] = str(len(leagues))
+        wanted = [(league, season) for (league, season) in
+                  leagues_of_interest(await ctx.book.entries(ctx.sport))
+                  if is_due(f"teams:{league}:{season}")]
+        teams = 0
+        for league, season in wanted[:MAX_SLOW_CALLS_PER_RUN]:
+            params = {"league": str(league)}
+            if season is not None:
+                params["season"] = season
+            items = await calls.get("teams", params)
+            if items is None:
+                continue
+            found = teams_from_upstream(ctx.sport, items, league_id=league)
+            await ctx.games.save_teams(ctx.sport, found)
+            await ctx.due.mark(ctx.sport, self.task, f"teams:{league}:{season}", now)
+            teams += len(found)
+        report.extra["teams"] = str(teams)
+        return calls.finish()
+
+
+class StandingsTask:
+    """League tables: hourly while a league has a game in play, daily otherwise."""
+
+    task = "standings"
+
+    def __init__(self, ctx: SportContext, *, force: bool = False) -> None:
+        self._ctx = ctx
+        self.sport = ctx.sport
+        self.lease = f"{ctx.sport}:standings"
+        self._force = force
+
+    def next_delay_s(self) -> tuple[float, str]:
+        return STANDINGS_CHECK_S, "standings check"
+
+    def cadence_s(self) -> float:
+        return STANDINGS_CHECK_S
+
+    async def run_once(self) -> RunReport:
+        ctx = self._ctx
+        report = RunReport()
+        if ctx.standings is None:
+            return report
+        calls = _Calls(ctx, report)
+        plan = await ctx.budget.current()
+        stretch = plan.factor(Kind.STANDINGS)
+        now = ctx.clock.time()
+        done = await ctx.due.fetched_at(ctx.sport, self.task)
+        due = []
+        for (league, season), live in leagues_of_interest(
+                await ctx.book.entries(ctx.sport)).items():
+            item = f"{league}:{season}"
+            age = now - done.get(item, float("-inf"))
+            if self._force or age >= standings_interval_s(live, ctx.settings, stretch):
+                due.append((not live, -age, league, season, item))
+        due.sort()  # leagues in play first, then the stalest
+        rows = 0
+        for _, _, league, season, item in due[:MAX_SLOW_CALLS_PER_RUN]:
+            params = {"league": str(league)}
+            if season is not None:
+                params["season"] = season
+            items = await calls.get("standings", params)
+            if items is None:
+                continue
+            rows += await ctx.standings.fetched(ctx.sport, league, season, items, now)
+            await ctx.due.mark(ctx.sport, self.task, item, now)
+        report.extra["standings_rows"] = str(rows)
+        return calls.finish()
