@@ -1,0 +1,232 @@
+"""The native WebSocket, `GET /v1/ws?api_key=KEY` (the contract's section 4): a thin
+adapter between a Tornado WebSocket and the hub.
+
+Client -> server (JSON text frames): `{"op": "subscribe", "channels": [...], "since": ID}`,
+`{"op": "unsubscribe", "channels": [...]}`, `{"op": "ping"}`.
+Server -> client: `{"op": "subscribed", "channel", "recovered"}`, `{"op": "pong"}`,
+`{"op": "error", "code", "message"}` and events `{"id", "channel", "event", "data"}`.
+
+Errors become close codes in one place (`BtsguruError.ws_close_code`): 4001 bad key,
+4003 invalid or forbidden channel, 4008 too many connections, 4009 too many
+subscriptions, 4029 too many client messages, 4010 too slow, 1012 restarting; Tornado
+itself closes with 1009 a client frame over `MAX_CLIENT_FRAME_BYTES`. Invalid JSON and
+unknown ops get an `error` and the connection stays open.
+
+Frames are written to the socket as the hub built them (`realtime.frames`), bypassing
+`write_message`, so a frame is encoded, and compressed, once for every subscriber.
+Tornado still negotiates permessage-deflate (and inflates what clients compress), but
+the per-connection compressor it makes is never used, so it is dropped once the
+handshake is done: a deflate state costs tens of kilobytes of memory per connection.
+(Announcing `server_no_context_takeover`, which would let clients free theirs too, is
+not possible: Tornado 6.6 drops extension parameters that have no value.)
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import orjson
+import tornado.websocket
+
+from btsguru.auth.access import AccessService, Principal
+from btsguru.errors import BadRequest, BtsguruError, RateLimited
+from btsguru.realtime.channels import Channel, parse_channel
+from btsguru.realtime.connection import Connection, EventFacts
+from btsguru.realtime.cursor import Cursor, parse_cursor
+from btsguru.realtime.frames import event_json, ws_frame
+from btsguru.realtime.hub import Hub
+from btsguru.store.bus import BusEvent
+
+log = logging.getLogger(__name__)
+
+MAX_CLIENT_FRAME_BYTES = 64 * 1024  # the contract: larger client frames close with 1009
+PING_INTERVAL_S = 20.0  # under common 60 s proxy idle timeouts
+PING_TIMEOUT_S = 15.0  # no pong by then: the peer is gone, free its resources
+MAX_CHANNELS_PER_MESSAGE = 1000
+CLOSE_REASON_BYTES = 120  # a close frame's reason must fit in 123 bytes
+
+
+class WsConnection(Connection):
+    kind = "ws"
+
+    def __init__(self, handler: WebSocketHandler, principal: Principal,
+                 deflate_wbits: int) -> None:
+        super().__init__(principal)
+        self.handler = handler
+        self.deflate_wbits = deflate_wbits
+
+    def _stream(self) -> Any:
+        protocol = self.handler.ws_connection
+        if protocol is None or protocol.stream is None:
+            raise tornado.websocket.WebSocketClosedError()
+        return protocol.stream
+
+    def _transport_write(self, data: bytes) -> Any:
+        return self._stream().write(data)
+
+    def _transport_pending(self) -> bool:
+        return bool(self._stream().writing())
+
+    def _transport_close(self, code: int, reason: str) -> None:
+        self.handler.close(code, reason.encode()[:CLOSE_REASON_BYTES].decode(errors="ignore"))
+
+    def render(self, sub_name: str, event: BusEvent, facts: EventFacts,
+               shared: dict[Any, bytes]) -> bytes:
+        key = ("ws", self.deflate_wbits, sub_name)
+        frame = shared.get(key)
+        if frame is None:
+            payload = shared.get(("json", sub_name))
+            if payload is None:
+                payload = event_json(event.id, sub_name, event.event, event.data_json)
+                shared[("json", sub_name)] = payload
+            frame = shared[key] = ws_frame(payload, self.deflate_wbits)
+        return frame
+
+    def control(self, message: dict[str, Any]) -> None:
+        self.send_frame(ws_frame(orjson.dumps(message)))
+
+    def error(self, exc: BtsguruError) -> None:
+        self.control({"op": "error", "code": exc.code, "message": exc.message})
+
+
+def deflate_wbits(header: str) -> int:
+    """The window bits our frames may use under the first permessage-deflate offer of a
+    `Sec-WebSocket-Extensions` header (the one Tornado accepts); 0: no compression."""
+    for offer in header.split(","):
+        parts = [p.strip() for p in offer.split(";")]
+        if parts[0] != "permessage-deflate":
+            continue
+        wbits = 15
+        for param in parts[1:]:
+            name, _, value = param.partition("=")
+            if name.strip() == "server_max_window_bits":
+                value = value.strip().strip('"')
+                wbits = int(value) if value.isdigit() else 15
+        # raw deflate needs 9 bits at least; a client that allows less gets plain frames
+        return wbits if 9 <= wbits <= 15 else 0
+    return 0
+
+
+class WebSocketHandler(tornado.websocket.WebSocketHandler):
+    def initialize(self, hub: Hub, access: AccessService) -> None:
+        self.hub = hub
+        self.access = access
+        self.conn: WsConnection | None = None
+        self.deflate_wbits = 0
+
+    # -- Tornado's knobs --
+
+    @property
+    def max_message_size(self) -> int:
+        return MAX_CLIENT_FRAME_BYTES
+
+    @property
+    def ping_interval(self) -> float:
+        return float(self.settings.get("websocket_ping_interval", PING_INTERVAL_S))
+
+    @property
+    def ping_timeout(self) -> float:
+        return float(self.settings.get("websocket_ping_timeout", PING_TIMEOUT_S))
+
+    def get_compression_options(self) -> dict[str, Any]:
+        return {}  # offered; our frames are compressed by `realtime.frames`
+
+    def check_origin(self, origin: str) -> bool:
+        return True  # authenticated by API key, not by cookie: any page may connect
+
+    async def get(self, *args: Any, **kwargs: Any) -> None:
+        self.deflate_wbits = deflate_wbits(self.request.headers.get("Sec-WebSocket-Extensions",
+                                                                    ""))
+        await super().get(*args, **kwargs)
+
+    # -- the connection --
+
+    def _api_key(self) -> str | None:
+        key = self.get_query_argument("api_key", "").strip()
+        if key:
+            return key
+        header = self.request.headers.get("X-API-Key", "").strip()
+        if header:
+            return header
+        scheme, _, token = self.request.headers.get("Authorization", "").partition(" ")
+        return token.strip() or None if scheme.lower() == "bearer" else None
+
+    async def open(self, *args: str, **kwargs: str) -> None:
+        if self.ws_connection is not None and hasattr(self.ws_connection, "_compressor"):
+            self.ws_connection._compressor = None  # never used: see the module docstring
+        try:
+            admission = await self.access.admit(self._api_key(), scope="stream")
+            conn = WsConnection(self, admission.principal, self.deflate_wbits)
+            await self.hub.register(conn)
+        except BtsguruError as exc:
+            log.debug("ws: refused: %s %s", exc.code, exc.message)
+            self.close(exc.ws_close_code, exc.message.encode()[:CLOSE_REASON_BYTES].decode(
+                errors="ignore"))
+            return
+        self.conn = conn
+        self.access.record(admission.principal, "stream")
+        if self.ws_connection is None:  # gone while we were admitting it
+            self.hub.unregister(conn)
+
+    async def on_message(self, message: str | bytes) -> None:
+        conn = self.conn
+        if conn is None or conn.closed:
+            return
+        if not conn.allow_message():
+            conn.error(RateLimited("too many messages: at most "
+                                   f"{conn.principal.tier.client_messages_per_s} per second"))
+            conn.close(RateLimited.ws_close_code, "rate limited")
+            return
+        try:
+            await self._handle(conn, message)
+        except BtsguruError as exc:
+            conn.error(exc)
+            if not isinstance(exc, BadRequest) or exc.ws_close_code != BadRequest.ws_close_code:
+                # invalid/forbidden channel, too many subscriptions: the contract's codes
+                conn.close(exc.ws_close_code, exc.message)
+
+    async def _handle(self, conn: WsConnection, message: str | bytes) -> None:
+        try:
+            request = orjson.loads(message)
+        except orjson.JSONDecodeError:
+            raise _Invalid("invalid JSON", code="invalid_json") from None
+        if not isinstance(request, dict) or not isinstance(request.get("op"), str):
+            raise BadRequest('expected an object with an "op": subscribe, unsubscribe or ping')
+        op = request["op"]
+        if op == "ping":
+            conn.control({"op": "pong"})
+        elif op == "subscribe":
+            channels = self._channels(request)
+            since = request.get("since")
+            cursor: Cursor | None = None
+            if since is not None:
+                if not isinstance(since, str):
+                    raise _Invalid('"since" must be an event id (a string)')
+                cursor = parse_cursor(since, self.hub.sports)
+            await self.hub.subscribe(conn, channels, cursor)
+        elif op == "unsubscribe":
+            await self.hub.unsubscribe(conn, [c.name for c in self._channels(request)])
+        else:
+            raise _Invalid(f"unknown op {op[:40]!r}: expected subscribe, unsubscribe or ping",
+                           code="unknown_op")
+
+    def _channels(self, request: dict[str, Any]) -> list[Channel]:
+        names = request.get("channels")
+        if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
+            raise _Invalid('"channels" must be a non-empty list of channel names')
+        if len(names) > MAX_CHANNELS_PER_MESSAGE:
+            raise _Invalid(f"at most {MAX_CHANNELS_PER_MESSAGE} channels per message")
+        return [parse_channel(name, self.hub.sports) for name in names]
+
+    def on_close(self) -> None:
+        if self.conn is not None:
+            self.hub.unregister(self.conn)
+
+
+class _Invalid(BadRequest):
+    """A malformed message: answered with an error, the connection stays open."""
+
+    def __init__(self, message: str, *, code: str = "invalid_message") -> None:
+        super().__init__(message)
+        self.code = code
