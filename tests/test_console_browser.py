@@ -1,0 +1,217 @@
+"""The console in a real browser: headless Chromium (Debian's `chromium`, installed here
+if missing; never a downloaded browser) driven by Playwright. A person's path through it:
+sign up, create a key, see it once, use it, watch the usage chart move, revoke it, and
+watch the live scoreboard change while the simulator plays. Screenshots of each page go
+to `test-output/console/` (not committed); with BTSGURU_DOCS_SCREENSHOTS=1 the README's
+two pictures are written to `docs/` as well."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from tests.cli_helpers import ROOT
+from tests.conftest import make_test_config
+from tests.console_fixtures import ADMIN_EMAIL, PASSWORD, console_app
+from tests.upstream_fixtures import point_at, simulator
+
+playwright_api = pytest.importorskip("playwright.async_api")
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run"]
+SHOTS = ROOT / "test-output" / "console"
+DOCS = ROOT / "docs"
+VIEWPORT = {"width": 1000, "height": 800}  # the README's pictures are 1000 px wide
+
+
+def _install_chromium() -> str | None:
+    """Why chromium cannot be had, or None once /usr/bin/chromium exists."""
+    if Path(CHROMIUM).exists():
+        return None
+    if os.geteuid() != 0 or shutil.which("apt-get") is None:
+        return "chromium is not installed and apt-get cannot run here (not root)"
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    install = ["apt-get", "install", "-y", "-q", "chromium"]
+    done = subprocess.run(install, env=env, capture_output=True, timeout=900, check=False)
+    if done.returncode != 0:
+        subprocess.run(["apt-get", "update", "-q"], env=env, capture_output=True, timeout=600,
+                       check=False)
+        done = subprocess.run(install, env=env, capture_output=True, timeout=900, check=False)
+    if not Path(CHROMIUM).exists():
+        return f"apt-get install chromium failed: {done.stderr.decode()[-300:]}"
+    return None
+
+
+@pytest.fixture(scope="module")
+def chromium() -> str:
+    reason = _install_chromium()
+    if reason is not None:
+        pytest.skip(reason)
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    return CHROMIUM
+
+
+async def _launch(playwright, executable: str):
+    return await playwright.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS,
+                                            headless=True)
+
+
+async def _shot(page, name: str, *, docs: str | None = None) -> None:
+    await page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=True)
+    if docs and os.environ.get("BTSGURU_DOCS_SCREENSHOTS") == "1":
+        DOCS.mkdir(exist_ok=True)
+        target = DOCS / docs
+        await page.screenshot(path=str(target), full_page=False)
+        if shutil.which("optipng"):
+            await asyncio.to_thread(subprocess.run, ["optipng", "-quiet", "-o2", str(target)],
+                                    check=False)
+
+
+async def _v1_usage(base: str, key: str) -> int:
+    async with aiohttp.ClientSession() as session, \
+            session.get(base + "/v1/usage", headers={"X-API-Key": key}) as resp:
+        await resp.read()
+        return resp.status
+
+
+async def test_sign_up_create_use_watch_and_revoke_a_key(tmp_path, chromium):
+    async with console_app(tmp_path, background=True) as c, \
+            playwright_api.async_playwright() as p:
+        browser = await _launch(p, chromium)
+        try:
+            page = await (await browser.new_context(viewport=VIEWPORT)).new_page()
+            await page.goto(c.url + "/console/signup")
+            await page.get_by_label("Email").fill("walker@example.com")
+            await page.get_by_label("Password").fill(PASSWORD)
+            await _shot(page, "01-signup")
+            await page.get_by_role("button", name="Create account").click()
+            await page.wait_for_url("**/console/keys")
+
+            await page.get_by_label("Key name").fill("my laptop <script>")
+            await page.get_by_role("button", name="Create key").click()
+            secret_box = page.locator("#new-secret")
+            await secret_box.wait_for()
+            secret = await secret_box.input_value()
+            assert secret.startswith("btg_") and len(secret) == 44
+            assert await page.get_by_role("button", name="Copy key").is_visible()
+            assert await page.locator("td.key-name").inner_text() == "my laptop <script>"
+            await _shot(page, "02-key-created")
+            await page.goto(c.url + "/console/keys")  # shown once: not on a later visit
+            assert secret not in await page.content()
+            assert secret[:12] in await page.content()
+            await _shot(page, "03-keys")
+
+            for _ in range(5):
+                assert await _v1_usage(c.url, secret) == 200
+            await page.goto(c.url + "/console/usage")
+            chart = page.locator("#daily-chart")
+            before = int(await chart.get_attribute("data-total") or "-1")
+            assert before >= 5
+            for _ in range(7):
+                assert await _v1_usage(c.url, secret) == 200
+            # no reload: the panel refreshes itself (hx-trigger="every 10s")
+            await page.wait_for_function(
+                "n => Number(document.querySelector('#daily-chart').dataset.total) >= n",
+                arg=before + 7, timeout=25_000)
+            assert page.url.endswith("/console/usage")
+            assert await page.locator("#daily-chart rect.bar").count() >= 1
+            await _shot(page, "04-usage", docs="console-usage.png")
+
+            await page.goto(c.url + "/console/keys")
+            page.once("dialog", lambda dialog: asyncio.ensure_future(dialog.accept()))
+            await page.get_by_role("link", name="Revoke key").click()
+            await page.get_by_text("was revoked").wait_for()
+            assert await page.get_by_text("You have no active keys").is_visible()
+            await _shot(page, "05-revoked")
+            assert await _v1_usage(c.url, secret) == 401
+
+            # the operators' pages, as an operator sees them
+            await c.services.users.create_user(ADMIN_EMAIL, PASSWORD, admin=True)
+            ops = await (await browser.new_context(viewport=VIEWPORT)).new_page()
+            await ops.goto(c.url + "/console/login")
+            await ops.get_by_label("Email").fill(ADMIN_EMAIL)
+            await ops.get_by_label("Password").fill(PASSWORD)
+            await ops.get_by_role("button", name="Log in").click()
+            await ops.wait_for_url("**/console/keys")
+            await ops.goto(c.url + "/console/ops")
+            assert await ops.get_by_role("heading", name="Upstream quota").is_visible()
+            await _shot(ops, "06-ops")
+            await ops.goto(c.url + "/console/users")
+            assert await ops.get_by_role("cell", name="walker@example.com", exact=True).is_visible()
+            await _shot(ops, "07-users")
+        finally:
+            await browser.close()
+
+
+async def test_the_live_scoreboard_changes_while_the_simulator_plays(tmp_path, chromium):
+    async with simulator(speed=30.0) as sim:
+        config = point_at(make_test_config(tmp_path, RAPIDAPI_HOST="127.0.0.1",
+                                           BTSGURU_SPORTS="football,basketball",
+                                           POLL_LIVE_INTERVAL_FOOTBALL_S="1",
+                                           POLL_LIVE_INTERVAL_BASKETBALL_S="1",
+                                           POLL_CRUCIAL_INTERVAL_FOOTBALL_S="1",
+                                           POLL_CRUCIAL_INTERVAL_BASKETBALL_S="1"), sim)
+        async with console_app(tmp_path, config, pollers=True) as c, \
+                playwright_api.async_playwright() as p:
+            await c.services.users.create_user("fan@example.com", PASSWORD)
+            browser = await _launch(p, chromium)
+            try:
+                page = await (await browser.new_context(viewport=VIEWPORT)).new_page()
+                await page.goto(c.url + "/console/login?next=/console/live")
+                await page.get_by_label("Email").fill("fan@example.com")
+                await page.get_by_label("Password").fill(PASSWORD)
+                await page.get_by_role("button", name="Log in").click()
+                await page.wait_for_url("**/console/live")
+                # live games appear once the pollers have run (the page refreshes its
+                # boards itself when a game it does not show starts or changes)
+                deadline = asyncio.get_running_loop().time() + 40
+                while await page.locator("tr[data-game]").count() == 0:
+                    assert asyncio.get_running_loop().time() < deadline, "no live games"
+                    await page.wait_for_timeout(500)
+                    if await page.locator("tr[data-game]").count() == 0:
+                        await page.reload()
+                await page.wait_for_selector("#stream-state[data-state='open']",
+                                             timeout=20_000)
+                scores = await page.locator("td.score").all_inner_texts()
+                await _shot(page, "08-live-before")
+                # the simulator plays on (and faster when pushed); the page must change
+                # in place: no reload, the same document
+                marker = await page.evaluate("window.__stay = Math.random()")
+                async with aiohttp.ClientSession() as session:
+                    for _ in range(6):
+                        async with session.post(f"{sim.url}/__sim/advance",
+                                                json={"seconds": 300}) as resp:
+                            assert resp.status in (200, 204)
+                        changed = await page.evaluate(
+                            "() => document.querySelectorAll('.scoreboard .changed').length")
+                        if changed:
+                            break
+                        await page.wait_for_timeout(2500)
+                await page.wait_for_function(
+                    "() => document.querySelectorAll('.scoreboard .changed').length > 0",
+                    timeout=30_000)
+                assert await page.evaluate("window.__stay") == marker  # no reload happened
+                after = await page.locator("td.score").all_inner_texts()
+                status_cells = await page.locator("[data-field='status.clock']").all_inner_texts()
+                assert after != scores or status_cells, "nothing on the board changed"
+                await _shot(page, "09-live-after")
+                # the operators' view with the pollers at work (the README's picture)
+                await c.services.users.create_user(ADMIN_EMAIL, PASSWORD, admin=True)
+                ops = await (await browser.new_context(viewport=VIEWPORT)).new_page()
+                await ops.goto(c.url + "/console/login?next=/console/ops")
+                await ops.get_by_label("Email").fill(ADMIN_EMAIL)
+                await ops.get_by_label("Password").fill(PASSWORD)
+                await ops.get_by_role("button", name="Log in").click()
+                await ops.wait_for_url("**/console/ops")
+                await ops.wait_for_selector("table.pollers tbody tr", timeout=15_000)
+                assert await ops.locator("table.pollers tbody tr").count() >= 2
+                await _shot(ops, "10-ops-polling", docs="console-ops.png")
+            finally:
+                await browser.close()
