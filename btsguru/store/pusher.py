@@ -1,0 +1,368 @@
+"""Cluster-wide state of the Pusher endpoint, in the `reverb` Redis database.
+
+Where it sits: beside the bus and the hub. Game events reach Pusher clients through the
+hub like on every transport; what is Pusher's own lives here:
+
+- App channels (a Laravel app's own channels, presence and client events on any
+  channel): a second bus channel family, `{prefix}bus:app:{pusher channel}`. Each process
+  holds one pattern subscription to the whole family (`bus:app:*`) and hands each
+  message to its local subscribers of that name, so a publish on any process reaches
+  every subscriber on every process. Delivery is at most once (Redis pub/sub), in
+  publish order per publisher; game events never go this way (they have ids and the
+  history).
+- Presence: per channel a hash user id -> socket count and a hash user id -> user info;
+  per process a ledger "channel\\nuser" -> sockets. Joins and leaves are Lua scripts, so
+  `member_added` fires exactly once, on a user's first socket anywhere, and
+  `member_removed` on the last. A process proves it is alive with a heartbeat key; any
+  process that finds one missing reaps the dead one's ledger (one script: the first
+  reaper wins) and announces the removals.
+- Channel occupancy for the HTTP API: per process a hash channel -> local subscribers,
+  summed over live processes.
+- Authorization grants of `/v1/realtime/auth` (socket id + channel -> the user), the
+  last event id delivered per user and channel (resume after a reconnect), and publish
+  idempotency keys.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+import uuid
+from collections import Counter
+from collections.abc import Callable
+from typing import Any
+
+import orjson
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from btsguru.lifecycle import cancel_tasks
+from btsguru.store.redis import Keys
+from btsguru.upstream.backoff import Backoff
+
+log = logging.getLogger(__name__)
+
+HEARTBEAT_S = 5.0
+HEARTBEAT_TTL_S = 15  # three missed heartbeats: the process is dead, its members go
+GRANT_TTL_S = 300  # a client subscribes right after its auth request; generous for slow links
+POSITION_TTL_S = 15 * 60  # the history's retention: an older position cannot be replayed
+IDEMPOTENCY_TTL_S = 300
+READ_TIMEOUT_S = 1.0
+
+# An app-channel message: {"event", "channel", "data" (the frame's data), "except"
+# (a socket id that must not get it), "user_id" (client events on presence channels)}.
+AppCallback = Callable[[dict[str, Any]], None]
+
+_JOIN = """
+local n = redis.call('HINCRBY', KEYS[1], ARGV[1], 1)
+if n == 1 then
+  if redis.call('HLEN', KEYS[2]) >= tonumber(ARGV[4]) then
+    redis.call('HDEL', KEYS[1], ARGV[1])
+    return -1
+  end
+  redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
+end
+redis.call('HINCRBY', KEYS[3], ARGV[3], 1)
+return n
+"""
+
+_LEAVE = """
+local m = redis.call('HINCRBY', KEYS[3], ARGV[2], -1)
+if m <= 0 then redis.call('HDEL', KEYS[3], ARGV[2]) end
+if m < 0 then return 0 end
+local n = redis.call('HINCRBY', KEYS[1], ARGV[1], -1)
+if n <= 0 then
+  redis.call('HDEL', KEYS[1], ARGV[1])
+  redis.call('HDEL', KEYS[2], ARGV[1])
+  return 1
+end
+return 0
+"""
+
+# KEYS[1]: the dead process's ledger; ARGV[1]: the key prefix of presence hashes.
+_REAP = """
+local removed = {}
+local fields = redis.call('HGETALL', KEYS[1])
+for i = 1, #fields, 2 do
+  local channel, user = string.match(fields[i], '^(.*)\\n(.*)$')
+  local counts = ARGV[1] .. channel .. ':counts'
+  local n = redis.call('HINCRBY', counts, user, -tonumber(fields[i + 1]))
+  if n <= 0 then
+    redis.call('HDEL', counts, user)
+    redis.call('HDEL', ARGV[1] .. channel .. ':members', user)
+    table.insert(removed, channel)
+    table.insert(removed, user)
+  end
+end
+redis.call('DEL', KEYS[1])
+return removed
+"""
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+class PusherState:
+    """This process's view of the Pusher state; see the module docstring."""
+
+    def __init__(self, redis: aioredis.Redis, keys: Keys, *,
+                 process_id: str | None = None, heartbeat_ttl_s: int = HEARTBEAT_TTL_S) -> None:
+        self._redis = redis
+        self._keys = keys
+        self.process_id = process_id or \
+            f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self.ttl_s = heartbeat_ttl_s
+        self._join = redis.register_script(_JOIN)
+        self._leave = redis.register_script(_LEAVE)
+        self._reap = redis.register_script(_REAP)
+        self._bus_prefix = keys.channel("app", "")
+        self._presence_prefix = keys.key("pusher", "presence", "")
+        self._subscribers: dict[str, set[AppCallback]] = {}
+        self.local_counts: Counter[str] = Counter()  # channel -> subscribers here
+        self.local_presence: Counter[tuple[str, str]] = Counter()  # (channel, user) -> sockets
+        self._tasks: list[asyncio.Task[None]] = []
+        self._cleanups: set[asyncio.Task[None]] = set()
+        self.listening = asyncio.Event()
+
+    # -- keys --
+
+    def _proc_key(self, proc: str) -> str:
+        return self._keys.key("pusher", "proc", proc)
+
+    def _procs_key(self) -> str:
+        return self._keys.key("pusher", "procs")
+
+    def _subs_key(self, proc: str) -> str:
+        return self._keys.key("pusher", "subs", proc)
+
+    def _ledger_key(self, proc: str) -> str:
+        return self._keys.key("pusher", "ledger", proc)
+
+    # -- lifecycle --
+
+    def start(self) -> None:
+        if not self._tasks:
+            self._tasks = [asyncio.create_task(self._listen(), name="btsguru-pusher-bus"),
+                           asyncio.create_task(self._heartbeat_forever(),
+                                               name="btsguru-pusher-heartbeat")]
+
+    def spawn(self, coro: Any, name: str) -> None:
+        """Run a connection's cleanup after its socket is gone, holding the task."""
+        task = asyncio.create_task(coro, name=name)
+        self._cleanups.add(task)
+
+        def done(finished: asyncio.Task[None]) -> None:
+            self._cleanups.discard(finished)
+            if not finished.cancelled() and finished.exception() is not None:
+                log.warning("pusher: %s failed: %s", name, finished.exception())
+
+        task.add_done_callback(done)
+
+    async def close(self) -> None:
+        if self._cleanups:
+            await asyncio.wait(list(self._cleanups), timeout=5.0)
+        tasks, self._tasks = self._tasks, []
+        await cancel_tasks(tasks, owner="pusher")
+        with contextlib.suppress(RedisError, OSError):
+            # our members leave with us: reap our own ledger now rather than in 15 s
+            await self._reap_process(self.process_id)
+            async with self._redis.pipeline(transaction=False) as pipe:
+                pipe.delete(self._proc_key(self.process_id), self._subs_key(self.process_id))
+                pipe.srem(self._procs_key(), self.process_id)
+                await pipe.execute()
+
+    async def _heartbeat_forever(self) -> None:
+        failures = 0
+        backoff = Backoff(1.0, HEARTBEAT_S)
+        while True:
+            try:
+                await self.heartbeat()
+                await self.reap()
+                failures = 0
+            except asyncio.CancelledError:
+                raise
+            except (RedisError, OSError) as exc:
+                failures += 1
+                log.warning("pusher: heartbeat failed (%d in a row): %s", failures, exc)
+            await asyncio.sleep(HEARTBEAT_S if not failures else backoff.compute(failures))
+
+    async def heartbeat(self) -> None:
+        """Prove this process alive; when its key had lapsed (a Redis outage) others may
+        have reaped its members and counts: write them again."""
+        lapsed = await self._redis.set(self._proc_key(self.process_id), "1", ex=self.ttl_s,
+                                       get=True) is None
+        await self._redis.sadd(self._procs_key(), self.process_id)
+        if lapsed and (self.local_presence or self.local_counts):
+            log.info("pusher: heartbeat had lapsed; re-asserting %d members",
+                     len(self.local_presence))
+            for (channel, user), n in list(self.local_presence.items()):
+                for _ in range(n):
+                    await self._join(keys=self._presence_keys(channel),
+                                     args=[user, "null", f"{channel}\n{user}", 10**9])
+            if self.local_counts:
+                await self._redis.hset(self._subs_key(self.process_id),
+                                       mapping={k: v for k, v in self.local_counts.items()})
+
+    async def reap(self) -> None:
+        """Reap the members and counts of processes whose heartbeat is gone."""
+        procs = [_text(p) for p in await self._redis.smembers(self._procs_key())]
+        for proc in procs:
+            if proc == self.process_id or await self._redis.exists(self._proc_key(proc)):
+                continue
+            log.info("pusher: reaping process %s", proc)
+            await self._reap_process(proc)
+            await self._redis.delete(self._subs_key(proc))
+            await self._redis.srem(self._procs_key(), proc)
+
+    async def _reap_process(self, proc: str) -> None:
+        removed = await self._reap(keys=[self._ledger_key(proc)],
+                                   args=[self._presence_prefix])
+        for at in range(0, len(removed), 2):
+            channel, user = _text(removed[at]), _text(removed[at + 1])
+            await self.publish(channel, {"event": "pusher_internal:member_removed",
+                                         "channel": channel,
+                                         "data": orjson.dumps({"user_id": user}).decode()})
+
+    # -- the app bus --
+
+    async def publish(self, channel: str, message: dict[str, Any]) -> None:
+        await self._redis.publish(self._bus_prefix + channel, orjson.dumps(message))
+
+    def add_listener(self, channel: str, callback: AppCallback) -> None:
+        self._subscribers.setdefault(channel, set()).add(callback)
+
+    def remove_listener(self, channel: str, callback: AppCallback) -> None:
+        callbacks = self._subscribers.get(channel)
+        if callbacks is not None:
+            callbacks.discard(callback)
+            if not callbacks:
+                del self._subscribers[channel]
+
+    def _dispatch(self, redis_channel: str, data: bytes) -> None:
+        channel = redis_channel[len(self._bus_prefix):]
+        callbacks = self._subscribers.get(channel)
+        if not callbacks:
+            return
+        try:
+            message = orjson.loads(data)
+        except orjson.JSONDecodeError:
+            log.warning("pusher: ignoring a malformed app-channel message on %s", channel)
+            return
+        for callback in tuple(callbacks):
+            try:
+                callback(message)
+            except Exception:
+                log.exception("pusher: a subscriber of %s failed", channel)
+
+    async def _listen(self) -> None:
+        failures = 0
+        backoff = Backoff(0.1, 5.0)
+        pattern = self._bus_prefix.replace("\\", "\\\\").replace("*", "\\*") \
+            .replace("?", "\\?").replace("[", "\\[") + "*"
+        while True:
+            pubsub = self._redis.pubsub()
+            try:
+                await pubsub.psubscribe(pattern)
+                self.listening.set()
+                failures = 0
+                while True:
+                    message = await pubsub.get_message(ignore_subscribe_messages=True,
+                                                       timeout=READ_TIMEOUT_S)
+                    if message is not None and message.get("type") == "pmessage":
+                        self._dispatch(_text(message["channel"]), message["data"])
+            except asyncio.CancelledError:
+                raise
+            except (RedisError, OSError) as exc:
+                failures += 1
+                log.warning("pusher: app bus connection lost (%d in a row): %s", failures, exc)
+            finally:
+                self.listening.clear()
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(pubsub.aclose(), 5.0)  # type: ignore[no-untyped-call]
+            await asyncio.sleep(backoff.compute(failures))
+
+    # -- occupancy --
+
+    async def count(self, channel: str, delta: int) -> None:
+        self.local_counts[channel] += delta
+        if self.local_counts[channel] <= 0:
+            del self.local_counts[channel]
+            await self._redis.hdel(self._subs_key(self.process_id), channel)
+        else:
+            await self._redis.hset(self._subs_key(self.process_id), channel,
+                                   self.local_counts[channel])
+
+    async def channel_counts(self) -> dict[str, int]:
+        """Subscribers per occupied channel across live processes."""
+        procs = [_text(p) for p in await self._redis.smembers(self._procs_key())]
+        totals: Counter[str] = Counter()
+        for proc in procs:
+            if proc != self.process_id and not await self._redis.exists(self._proc_key(proc)):
+                continue
+            for name, n in (await self._redis.hgetall(self._subs_key(proc))).items():
+                totals[_text(name)] += int(n)
+        return {name: n for name, n in totals.items() if n > 0}
+
+    # -- presence --
+
+    def _presence_keys(self, channel: str) -> list[str]:
+        return [self._presence_prefix + channel + ":counts",
+                self._presence_prefix + channel + ":members", self._ledger_key(self.process_id)]
+
+    async def join(self, channel: str, user_id: str, info_json: bytes, max_members: int) -> int:
+        """Add one socket of `user_id`: its socket count (1: the user is new here, announce
+        it), or -1 when the channel is full."""
+        n = int(await self._join(keys=self._presence_keys(channel),
+                                 args=[user_id, info_json, f"{channel}\n{user_id}",
+                                       max_members]))
+        if n > 0:
+            self.local_presence[(channel, user_id)] += 1
+        return n
+
+    async def leave(self, channel: str, user_id: str) -> bool:
+        """Remove one socket of `user_id`: True when it was the user's last."""
+        if self.local_presence[(channel, user_id)] <= 0:
+            self.local_presence.pop((channel, user_id), None)
+            return False
+        self.local_presence[(channel, user_id)] -= 1
+        if self.local_presence[(channel, user_id)] <= 0:
+            del self.local_presence[(channel, user_id)]
+        return bool(await self._leave(keys=self._presence_keys(channel),
+                                      args=[user_id, f"{channel}\n{user_id}"]))
+
+    async def members(self, channel: str) -> dict[str, Any]:
+        raw = await self._redis.hgetall(self._presence_prefix + channel + ":members")
+        return {_text(k): orjson.loads(v) for k, v in raw.items()}
+
+    # -- grants, positions, idempotency --
+
+    async def grant(self, socket_id: str, channel: str, grant: dict[str, Any]) -> None:
+        await self._redis.set(self._keys.key("pusher", "grant", socket_id, channel),
+                              orjson.dumps(grant), ex=GRANT_TTL_S)
+
+    async def granted(self, socket_id: str, channel: str) -> dict[str, Any] | None:
+        raw = await self._redis.get(self._keys.key("pusher", "grant", socket_id, channel))
+        return None if raw is None else dict(orjson.loads(raw))
+
+    async def save_positions(self, user_id: int, positions: dict[str, str]) -> None:
+        """channel -> last event id written, for a user's private/presence channels."""
+        if not positions:
+            return
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for channel, id in positions.items():
+                pipe.set(self._keys.key("pusher", "pos", user_id, channel), id,
+                         ex=POSITION_TTL_S)
+            await pipe.execute()
+
+    async def position(self, user_id: int, channel: str) -> str | None:
+        raw = await self._redis.get(self._keys.key("pusher", "pos", user_id, channel))
+        return None if raw is None else _text(raw)
+
+    async def first_use(self, idempotency_key: str) -> bool:
+        """True the first time `idempotency_key` is seen within `IDEMPOTENCY_TTL_S`."""
+        return bool(await self._redis.set(self._keys.key("pusher", "idem", idempotency_key),
+                                          "1", nx=True, ex=IDEMPOTENCY_TTL_S))

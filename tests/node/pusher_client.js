@@ -1,0 +1,63 @@
+// A stock pusher-js client for the Pusher endpoint tests: connects with the options a
+// Laravel Echo app would use, subscribes to the channels given, and prints what it
+// receives as JSON lines on stdout. Usage: node pusher_client.js '<json options>'
+//   {"host", "port", "key", "channels": [...], "authEndpoint"?, "apiKey"?}
+// It runs until killed; "unsubscribe NAME" or "disconnect" on stdin act on the client.
+"use strict";
+const Pusher = require("pusher-js");
+
+const opts = JSON.parse(process.argv[2]);
+const out = (obj) => process.stdout.write(JSON.stringify(obj) + "\n");
+
+const pusher = new Pusher(opts.key, {
+  wsHost: opts.host,
+  wsPort: opts.port,
+  forceTLS: false,
+  enabledTransports: ["ws"],
+  disableStats: true,
+  cluster: "mt1",
+  channelAuthorization: {
+    endpoint: opts.authEndpoint || `http://${opts.host}:${opts.port}/broadcasting/auth`,
+    transport: "ajax",
+    headers: opts.apiKey ? { "X-API-Key": opts.apiKey } : {},
+  },
+});
+
+pusher.connection.bind("state_change", (s) => out({ type: "state", state: s.current }));
+pusher.connection.bind("connected", () =>
+  out({ type: "connected", socket_id: pusher.connection.socket_id }));
+pusher.connection.bind("error", (e) => out({ type: "error", error: e && (e.data || e.error || String(e)) }));
+
+for (const name of opts.channels) {
+  const channel = pusher.subscribe(name);
+  channel.bind("pusher:subscription_succeeded", (data) => {
+    const members = name.startsWith("presence-") && channel.members
+      ? Object.keys(channel.members.members).sort() : undefined;
+    out({ type: "subscribed", channel: name, members, me: channel.members && channel.members.me });
+  });
+  channel.bind("pusher:subscription_error", (err) => out({ type: "subscription_error", channel: name, error: err }));
+  channel.bind("pusher:member_added", (m) => out({ type: "member_added", channel: name, id: m.id, info: m.info }));
+  channel.bind("pusher:member_removed", (m) => out({ type: "member_removed", channel: name, id: m.id }));
+  channel.bind_global((event, data) => {
+    if (event.startsWith("pusher:") || event.startsWith("pusher_internal:")) return;
+    out({ type: "event", channel: name, event, data });
+  });
+}
+
+let buffer = "";
+process.stdin.on("data", (chunk) => {
+  buffer += chunk;
+  let at;
+  while ((at = buffer.indexOf("\n")) >= 0) {
+    const line = buffer.slice(0, at).trim();
+    buffer = buffer.slice(at + 1);
+    if (line === "disconnect") { pusher.disconnect(); }
+    else if (line === "connect") { pusher.connect(); }
+    else if (line.startsWith("unsubscribe ")) { pusher.unsubscribe(line.slice(12)); }
+    else if (line.startsWith("trigger ")) {
+      const [, name, event, json] = line.match(/^trigger (\S+) (\S+) (.*)$/);
+      out({ type: "triggered", ok: pusher.channel(name).trigger(event, JSON.parse(json)) });
+    }
+  }
+});
+process.stdin.on("end", () => { pusher.disconnect(); process.exit(0); });
