@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from typing import Any, ClassVar, Protocol
 
+from btsguru import metrics
 from btsguru.auth.access import AccessService, Principal
 from btsguru.auth.ratelimit import RateDecision
 from btsguru.db.models import ROUTE_KINDS
@@ -50,6 +51,7 @@ class ApiHandler(JsonHandler):
         self.rate = await self.access.limit(principal)
         self._set_rate_headers()
         if not self.rate.allowed:
+            metrics.RATE_LIMIT_REJECTIONS.labels(principal.tier.name).inc()
             raise self.rate.error()
         if self.route_kind == "stream":
             self.access.record(principal, self.route_kind)

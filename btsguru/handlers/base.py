@@ -13,7 +13,9 @@ from typing import Any
 
 import orjson
 import tornado.web
+import tornado.websocket
 
+from btsguru import metrics
 from btsguru.errors import BtsguruError
 
 log = logging.getLogger(__name__)
@@ -79,10 +81,21 @@ def log_request(handler: tornado.web.RequestHandler) -> None:
     """The application's access log: internal errors at error, everything else at debug
     (an access log per request is a proxy's job, and metrics count them)."""
     status = handler.get_status()
+    name = type(handler).__name__
+    metrics.HTTP_REQUESTS.labels(name, str(status)).inc()
+    if status == 401:
+        metrics.AUTH_FAILURES.inc()
+    # a stream's "latency" is its lifetime: it would drown the request histogram
+    if getattr(handler, "route_kind", "") != "stream" and \
+            not isinstance(handler, tornado.websocket.WebSocketHandler):
+        metrics.HTTP_LATENCY.labels(name).observe(handler.request.request_time())
     level = logging.ERROR if status == 500 else logging.DEBUG
     if access_log.isEnabledFor(level):
-        access_log.log(level, "%d %s %.1f ms", status, handler._request_summary(),
-                       1000.0 * handler.request.request_time())
+        # the path, never the query: stream URLs carry `api_key=`
+        access_log.log(level, "%d %s %s (%s) %.1f ms request id %s", status,
+                       handler.request.method, handler.request.path, handler.request.remote_ip,
+                       1000.0 * handler.request.request_time(),
+                       getattr(handler, "request_id", "-"))
 
 
 class NotFoundHandler(JsonHandler):

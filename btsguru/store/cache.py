@@ -28,6 +28,7 @@ from urllib.parse import urlencode
 
 from redis.exceptions import RedisError
 
+from btsguru import metrics
 from btsguru.clock import Clock
 from btsguru.config import Config
 from btsguru.store.redis import RedisStores
@@ -85,6 +86,7 @@ class CacheCounters:
     by_result: dict[str, int] = field(default_factory=dict)
 
     def count(self, state: CacheState) -> None:
+        metrics.CACHE_REQUESTS.labels(state.value.lower()).inc()
         if state is CacheState.HIT:
             self.hits += 1
         elif state is CacheState.MISS:

@@ -29,6 +29,7 @@ import aiohttp
 import orjson
 from redis.exceptions import RedisError
 
+from btsguru import metrics
 from btsguru.clock import Clock
 from btsguru.config import Config
 from btsguru.errors import BadRequest, Unavailable
@@ -202,9 +203,11 @@ class UpstreamClient:
             verdict_given = False
             try:
                 token = await self._take_token(sport, endpoint, purpose, deadline)
+                watch = metrics.Stopwatch()
                 try:
                     response = await self._attempt(sport, endpoint, query, token, deadline)
                 except FetchError as exc:
+                    _count_request(sport, endpoint, exc.kind, watch, exc)
                     if exc.kind in HOST_FAILURE_KINDS:
                         self.breaker.record_failure(sport)
                     else:
@@ -217,6 +220,7 @@ class UpstreamClient:
                         raise
                     delay_s = retry_in_s
                 else:
+                    _count_request(sport, endpoint, "ok", watch, None)
                     self.breaker.record_success(sport)
                     verdict_given = True
                     return response
@@ -255,6 +259,7 @@ class UpstreamClient:
             raise Unavailable(f"{sport} /{endpoint}: cannot check the upstream budget "
                               f"(Redis: {exc})") from None
         if decision.token is not None:
+            metrics.QUOTA_TOKENS.labels(sport, purpose).inc()
             return decision.token
         window = decision.window
         reserved = decision.reason.endswith("_reserved")
@@ -347,3 +352,10 @@ def _query_text(query: Mapping[str, str]) -> str:
 def _or_dash(value: int | None) -> str:
     return "-" if value is None else str(value)
 
+
+def _count_request(sport: str, endpoint: str, outcome: str, watch: metrics.Stopwatch,
+                   exc: FetchError | None) -> None:
+    metrics.UPSTREAM_REQUESTS.labels(sport, endpoint, outcome).inc()
+    metrics.UPSTREAM_LATENCY.labels(sport).observe(watch.elapsed_s())
+    if isinstance(exc, QuotaExhausted) and exc.source != "local":
+        metrics.UPSTREAM_RATE_LIMITED.labels(sport, exc.window).inc()

@@ -1,0 +1,388 @@
+"""The alerter: raises and resolves alerts from state the services already keep.
+
+Where it sits: beside the flow, reading it (quota counters, the pollers' state rows, the
+breaker, the Redis and database probes, this process's metrics) and writing only its
+own keys. One process of the cluster evaluates at a time — it holds the `alerter` lease
+(`pollers.lease`, the pollers' mechanism) — so an alert is raised once, not once per
+process. Each raise and resolve is:
+
+- logged on one line (a critical alert at error, a warning at warning, a resolve at info);
+- kept in Redis: the firing set (`<prefix>alerts:firing`, a hash by alert id, so a new
+  leader carries on where the old one stopped and does not re-send) and the recent
+  events (`<prefix>alerts:recent`, newest first, capped) that the ops console shows;
+- POSTed as JSON to `ALERT_WEBHOOK_URL` when set, with a Slack-compatible `text`, retried
+  with jittered backoff on connection errors, 429 and 5xx.
+
+When Redis itself is unreachable no lease can be confirmed: every process then raises
+`redis_unreachable` from its own memory (logged and sent, not stored). Duplicate
+webhook posts from several processes are the price of not staying silent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from typing import Any, Literal, Protocol
+
+import aiohttp
+import orjson
+from redis.exceptions import RedisError
+
+from btsguru import metrics
+from btsguru.clock import Clock
+from btsguru.console.ops import AlertRow
+from btsguru.lifecycle import cancel_tasks
+from btsguru.pollers.lease import Leases
+from btsguru.store.redis import RedisStores
+from btsguru.upstream.backoff import Backoff
+from btsguru.upstream.quota import QuotaState
+
+log = logging.getLogger(__name__)
+
+Severity = Literal["warning", "critical"]
+
+ALERTER_LEASE = "alerter"
+CHECK_INTERVAL_S = 15.0  # well inside the 3x-cadence staleness bound of the fastest poller
+RECENT_ALERTS = 200  # events kept for the console (a busy day's worth)
+QUOTA_WARNING = 0.80  # the issue's thresholds: 80% and 95% of the day's budget
+QUOTA_CRITICAL = 0.95
+STALE_CADENCES = 3.0  # data older than three cadences while games are live
+FAILURES_IN_A_ROW = 3  # a poller failing this often in a row (its backoff is then > 1 min)
+DISCONNECT_SPIKE = 100  # abnormal disconnects in one check interval in this process
+WEBHOOK_ATTEMPTS = 4
+WEBHOOK_TIMEOUT_S = 5.0
+PROBE_TIMEOUT_S = 2.0
+# Disconnect reasons that are not trouble: clients leaving, and our own restarts.
+_ORDINARY_DISCONNECTS = frozenset({"normal", "going_away", "peer", "restart"})
+
+
+@dataclass(frozen=True)
+class Alert:
+    """A condition that holds now. `id` names the alert and its subject, so a sport's
+    staleness and another sport's are separate alerts."""
+
+    id: str
+    name: str
+    severity: Severity
+    message: str
+    subject: str = ""
+
+
+@dataclass(frozen=True)
+class AlertEvent:
+    status: Literal["firing", "resolved"]
+    alert: Alert
+    at: float  # epoch seconds on the alerter's clock
+
+    def to_json(self) -> dict[str, Any]:
+        return {"status": self.status, "at": iso(self.at), **asdict(self.alert)}
+
+    def text(self) -> str:
+        """Slack's `text`: one readable line."""
+        if self.status == "resolved":
+            return f":white_check_mark: RESOLVED {self.alert.name}: {self.alert.message}"
+        mark = ":rotating_light:" if self.alert.severity == "critical" else ":warning:"
+        return f"{mark} {self.alert.severity.upper()} {self.alert.name}: {self.alert.message}"
+
+
+def iso(epoch_s: float) -> str:
+    return datetime.fromtimestamp(epoch_s, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+class Quotas(Protocol):
+    async def snapshot(self, sport: str) -> QuotaState: ...
+
+
+class TaskRow(Protocol):
+    @property
+    def task(self) -> str: ...
+    @property
+    def interval_s(self) -> float | None: ...
+    @property
+    def failures(self) -> int: ...
+    @property
+    def live_games(self) -> int | None: ...
+    @property
+    def data_age_s(self) -> float | None: ...
+    @property
+    def last_error(self) -> str | None: ...
+
+
+class TaskRows(Protocol):
+    async def tasks(self, sport: str) -> Sequence[TaskRow]: ...
+
+
+class AlertStore:
+    """The firing set and the recent events in Redis (the `data` database)."""
+
+    def __init__(self, redis: RedisStores) -> None:
+        self._redis = redis.data
+        self._firing = redis.keys.key("alerts", "firing")
+        self._recent = redis.keys.key("alerts", "recent")
+
+    async def firing(self) -> dict[str, Alert]:
+        raw = await self._redis.hgetall(self._firing)
+        found = {}
+        for key, blob in raw.items():
+            fields = orjson.loads(blob)
+            found[key.decode() if isinstance(key, bytes) else str(key)] = Alert(
+                id=fields["id"], name=fields["name"], severity=fields["severity"],
+                message=fields["message"], subject=fields.get("subject", ""))
+        return found
+
+    async def record(self, event: AlertEvent) -> None:
+        async with self._redis.pipeline(transaction=True) as pipe:
+            if event.status == "firing":
+                pipe.hset(self._firing, event.alert.id, orjson.dumps(asdict(event.alert)))
+            else:
+                pipe.hdel(self._firing, event.alert.id)
+            pipe.lpush(self._recent, orjson.dumps(event.to_json()))
+            pipe.ltrim(self._recent, 0, RECENT_ALERTS - 1)
+            await pipe.execute()
+
+    async def recent(self, limit: int = 50) -> list[dict[str, Any]]:
+        return [orjson.loads(blob) for blob in await self._redis.lrange(self._recent, 0,
+                                                                         limit - 1)]
+
+    async def rows(self) -> list[AlertRow]:
+        """For the ops console: newest first; a resolve shows at info."""
+        rows = []
+        for entry in await self.recent():
+            level = "info" if entry["status"] == "resolved" else entry["severity"]
+            prefix = "resolved: " if entry["status"] == "resolved" else ""
+            rows.append(AlertRow(
+                at=datetime.strptime(entry["at"], "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC),
+                level=level, message=f"{prefix}{entry['name']}: {entry['message']}"))
+        return rows
+
+
+class WebhookSender:
+    """POSTs events as JSON to the webhook, retrying transient failures."""
+
+    def __init__(self, url: str, clock: Clock, *, attempts: int = WEBHOOK_ATTEMPTS,
+                 backoff: Backoff | None = None) -> None:
+        self.url = url
+        self._clock = clock
+        self._attempts = attempts
+        self._backoff = backoff or Backoff(base_s=0.5, cap_s=8.0)
+        self._session: aiohttp.ClientSession | None = None
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    async def send(self, event: AlertEvent) -> bool:
+        """True once the webhook took the event (2xx); False after the last attempt."""
+        if self._session is None:
+            self._session = aiohttp.ClientSession(
+                timeout=aiohttp.ClientTimeout(total=WEBHOOK_TIMEOUT_S))
+        payload = {"text": event.text(), **event.to_json()}
+        why = ""
+        for attempt in range(1, self._attempts + 1):
+            try:
+                async with self._session.post(self.url, json=payload) as resp:
+                    if resp.status < 300:
+                        return True
+                    why = f"HTTP {resp.status}"
+                    if resp.status < 500 and resp.status != 429:
+                        break  # the receiver refuses this payload: asking again won't help
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                # the type only: aiohttp's messages quote the URL, which may hold a token
+                why = type(exc).__name__
+            if attempt < self._attempts:
+                await self._clock.sleep(self._backoff.compute(attempt))
+        # the URL may carry a token (Slack's do): never log it
+        log.error("alert webhook: %s %s not delivered after %d attempts (%s)",
+                  event.status, event.alert.id, attempt, why)
+        return False
+
+
+class Alerter:
+    """Evaluates the conditions every `interval_s` while holding the `alerter` lease."""
+
+    def __init__(self, sports: Sequence[str], clock: Clock, redis: RedisStores, *,
+                 quota: Quotas, tasks: TaskRows,
+                 breaker_state: Callable[[str], str] | None = None,
+                 database_ping: Callable[[], Awaitable[None]] | None = None,
+                 webhook: WebhookSender | None = None, leases: Leases | None = None,
+                 interval_s: float = CHECK_INTERVAL_S) -> None:
+        self._sports = tuple(sports)
+        self._clock = clock
+        self._redis = redis
+        self._quota = quota
+        self._tasks = tasks
+        self._breaker_state = breaker_state
+        self._database_ping = database_ping
+        self.webhook = webhook
+        self.store = AlertStore(redis)
+        self.leases = leases or Leases(redis, clock)
+        self.interval_s = interval_s
+        self._local_firing: dict[str, Alert] = {}  # only while Redis is unreachable
+        self._disconnects_seen = _abnormal_disconnects()
+        self._task: asyncio.Task[None] | None = None
+
+    # -- lifecycle --
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._run(), name="alerter")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            await cancel_tasks([self._task], owner="alerter")
+            self._task = None
+            # give the lease back so another process leads at once, as the pollers do
+            with contextlib.suppress(RedisError, OSError):
+                await self.leases.release([ALERTER_LEASE])
+        if self.webhook is not None:
+            await self.webhook.close()
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                await self.check_once()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("alerter: a check failed")
+            await self._clock.sleep(self.interval_s)
+
+    # -- one check --
+
+    async def check_once(self) -> list[AlertEvent]:
+        """Evaluate, compare with what is firing, and report the differences. Returns the
+        events reported (empty when another process leads)."""
+        if not await _answers(self._redis.ping()):
+            return await self._report_local([Alert(
+                "redis_unreachable", "redis_unreachable", "critical",
+                "Redis does not answer: streams, caching and pollers are down")])
+        resolved_local = await self._report_local([])
+        held = await self.leases.refresh([ALERTER_LEASE])
+        if not held.get(ALERTER_LEASE):
+            return resolved_local
+        current = {alert.id: alert for alert in await self.evaluate()}
+        firing = await self.store.firing()
+        events = [AlertEvent("firing", a, self._clock.time())
+                  for key, a in current.items() if key not in firing]
+        events += [AlertEvent("resolved", a, self._clock.time())
+                   for key, a in firing.items() if key not in current]
+        for event in events:
+            await self.store.record(event)
+            await self._announce(event)
+        self._export(current.values())
+        return resolved_local + events
+
+    async def evaluate(self) -> list[Alert]:
+        """The conditions that hold now."""
+        alerts: list[Alert] = []
+        if self._database_ping is not None and not await _answers(self._database_ping()):
+            alerts.append(Alert("database_unreachable", "database_unreachable", "critical",
+                                "the database does not answer: signups, keys and usage "
+                                "rollups fail"))
+        for sport in self._sports:
+            alerts += await self._sport_alerts(sport)
+        now_seen = _abnormal_disconnects()
+        spike = now_seen - self._disconnects_seen
+        self._disconnects_seen = now_seen
+        if spike >= DISCONNECT_SPIKE:
+            alerts.append(Alert("disconnect_spike", "disconnect_spike", "warning",
+                                f"{spike:.0f} abnormal stream disconnects in the last "
+                                f"{self.interval_s:.0f} s"))
+        return alerts
+
+    async def _sport_alerts(self, sport: str) -> list[Alert]:
+        alerts: list[Alert] = []
+        try:
+            quota = await self._quota.snapshot(sport)
+            tasks = await self._tasks.tasks(sport)
+        except (RedisError, OSError) as exc:
+            log.debug("alerter: %s state unavailable: %s", sport, exc)
+            return alerts
+        if quota.day_limit > 0:
+            used = quota.day_used / quota.day_limit
+            for level, severity in ((QUOTA_WARNING, "warning"), (QUOTA_CRITICAL, "critical")):
+                if used >= level or quota.day_spent:
+                    alerts.append(Alert(
+                        f"quota_day_{int(level * 100)}:{sport}", f"quota_day_{int(level * 100)}",
+                        severity,  # type: ignore[arg-type]
+                        f"{sport}: {quota.day_used} of {quota.day_limit} upstream requests "
+                        f"used today ({used:.0%})", sport))
+        if quota.day_spent or quota.minute_blocked_s > 0:
+            window = "day" if quota.day_spent else "minute"
+            alerts.append(Alert(f"upstream_rate_limited:{sport}", "upstream_rate_limited",
+                                "warning", f"{sport}: the upstream refused for its {window} "
+                                "rate limit", sport))
+        for row in tasks:
+            if row.failures >= FAILURES_IN_A_ROW:
+                alerts.append(Alert(
+                    f"poller_failing:{sport}:{row.task}", "poller_failing", "critical",
+                    f"{sport} {row.task}: {row.failures} failures in a row "
+                    f"(last: {row.last_error or 'unknown'})", f"{sport}/{row.task}"))
+            if row.task == "live" and (row.live_games or 0) > 0 and row.interval_s and \
+                    row.data_age_s is not None and \
+                    row.data_age_s > STALE_CADENCES * row.interval_s:
+                alerts.append(Alert(
+                    f"data_stale:{sport}", "data_stale", "critical",
+                    f"{sport}: live data is {row.data_age_s:.0f} s old with "
+                    f"{row.live_games} games live (cadence {row.interval_s:.0f} s)", sport))
+        if self._breaker_state is not None and self._breaker_state(sport) != "closed":
+            alerts.append(Alert(f"circuit_open:{sport}", "circuit_open", "critical",
+                                f"{sport}: the upstream circuit breaker is "
+                                f"{self._breaker_state(sport)}", sport))
+        return alerts
+
+    # -- reporting --
+
+    async def _announce(self, event: AlertEvent) -> None:
+        alert = event.alert
+        if event.status == "firing":
+            metrics.ALERTS_RAISED.labels(alert.name).inc()
+            level = logging.ERROR if alert.severity == "critical" else logging.WARNING
+            log.log(level, "alert %s [%s]: %s", alert.id, alert.severity, alert.message)
+        else:
+            log.info("alert resolved %s: %s", alert.id, alert.message)
+        if self.webhook is not None:
+            await self.webhook.send(event)
+
+    async def _report_local(self, current: list[Alert]) -> list[AlertEvent]:
+        """The Redis-down path: compare with this process's memory, store nothing."""
+        now = self._clock.time()
+        wanted = {a.id: a for a in current}
+        events = [AlertEvent("firing", a, now) for k, a in wanted.items()
+                  if k not in self._local_firing]
+        events += [AlertEvent("resolved", a, now) for k, a in self._local_firing.items()
+                   if k not in wanted]
+        self._local_firing = wanted
+        for event in events:
+            await self._announce(event)
+        return events
+
+    def _export(self, current: Any) -> None:
+        counts = {"warning": 0, "critical": 0}
+        for alert in current:
+            counts[alert.severity] += 1
+        for severity, count in counts.items():
+            metrics.ALERTS_FIRING.labels(severity).set(count)
+
+
+async def _answers(probe: Awaitable[Any]) -> bool:
+    try:
+        await asyncio.wait_for(probe, PROBE_TIMEOUT_S)
+    except Exception:
+        return False
+    return True
+
+
+def _abnormal_disconnects() -> float:
+    total = 0.0
+    for family in metrics.STREAM_DISCONNECTS.collect():
+        for sample in family.samples:
+            if sample.name.endswith("_total") and \
+                    sample.labels.get("reason") not in _ORDINARY_DISCONNECTS:
+                total += sample.value
+    return total

@@ -1,0 +1,257 @@
+"""Every Prometheus collector of btsguru, in one place (STYLE.md's one allowed global).
+
+Where it sits: beside the flow. Each stage counts what it does with one call here
+(upstream client, raw proxy, pollers, hub and connections, REST handlers, the rate
+limit); the gauges that describe shared state (quota, data age, live games, task lag,
+connections, send queues, the breaker, Redis and the database) are set at scrape time by
+`collect_state`, from the services that already keep that state, so they are never stale.
+
+Names carry their unit (`_seconds`, `_bytes`, `_total`) and every label has a bounded
+set of values: sports, endpoints of the allow-list, task names, transports, tiers,
+outcome kinds, HTTP statuses and handler names — never a key, user, game or path.
+
+Multi-process: one registry per process, scraped per process. The production layout is
+one process per port (`btsguru@PORT`), so each is its own Prometheus target and
+`sum by (...)` aggregates across them; that needs no shared directory of mmap files to
+clean after restarts (prometheus-client's multiprocess mode) and keeps histograms
+exact. Gauges read from Redis (quota, data age, live games, task lag) are cluster-wide
+and the same on every target: alert on `max` of them, not `sum`. `serve --processes N`
+forks workers behind one port, where a scrape reaches one worker: use `btsguru@` units
+(one port each) when scraping.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable
+from typing import TYPE_CHECKING, Any
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    ProcessCollector,
+    generate_latest,
+)
+
+if TYPE_CHECKING:
+    from btsguru.app import Services
+
+log = logging.getLogger(__name__)
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+# A scrape must answer well inside Prometheus's default 10 s scrape timeout even when
+# Redis or the database hang.
+STATE_PROBE_TIMEOUT_S = 2.0
+
+REGISTRY = CollectorRegistry(auto_describe=True)
+ProcessCollector(namespace="btsguru", registry=REGISTRY)
+
+# Latency buckets: upstream calls take 50 ms to seconds; REST hits a few milliseconds.
+_UPSTREAM_BUCKETS_S = (0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+_REST_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+_POLL_BUCKETS_S = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+_FANOUT_BUCKETS_S = (0.0001, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5)
+
+# -- upstream --
+UPSTREAM_REQUESTS = Counter(
+    "btsguru_upstream_requests_total",
+    "Requests sent to the upstream, by sport, endpoint and outcome (ok or the failure kind).",
+    ["sport", "endpoint", "outcome"], registry=REGISTRY)
+UPSTREAM_LATENCY = Histogram(
+    "btsguru_upstream_request_duration_seconds", "Upstream request latency.",
+    ["sport"], buckets=_UPSTREAM_BUCKETS_S, registry=REGISTRY)
+UPSTREAM_RATE_LIMITED = Counter(
+    "btsguru_upstream_rate_limited_total",
+    "Upstream answers refusing for its rate limit (window: day or minute).",
+    ["sport", "window"], registry=REGISTRY)
+QUOTA_TOKENS = Counter(
+    "btsguru_quota_tokens_taken_total", "Upstream budget tokens taken, by purpose.",
+    ["sport", "purpose"], registry=REGISTRY)
+QUOTA_REMAINING = Gauge(
+    "btsguru_quota_remaining_requests", "Upstream budget left in the window (day, minute).",
+    ["sport", "window"], registry=REGISTRY)
+QUOTA_LIMIT = Gauge(
+    "btsguru_quota_limit_requests", "Upstream budget of the window (day, minute).",
+    ["sport", "window"], registry=REGISTRY)
+CIRCUIT_OPEN = Gauge(
+    "btsguru_upstream_circuit_open", "1 while this process's breaker for the sport is not "
+    "closed.", ["sport"], registry=REGISTRY)
+
+# -- cache --
+CACHE_REQUESTS = Counter(
+    "btsguru_cache_requests_total", "Raw-proxy answers by cache result (hit, miss, stale).",
+    ["result"], registry=REGISTRY)
+
+# -- pollers --
+POLL_RUNS = Counter(
+    "btsguru_poll_runs_total", "Poller runs by sport, task and outcome (ok, failed).",
+    ["sport", "task", "outcome"], registry=REGISTRY)
+POLL_DURATION = Histogram(
+    "btsguru_poll_duration_seconds", "Poller run duration.", ["sport", "task"],
+    buckets=_POLL_BUCKETS_S, registry=REGISTRY)
+POLL_TASKS_SCHEDULED = Gauge(
+    "btsguru_poll_tasks_scheduled", "Poller tasks with a next run scheduled (cluster-wide).",
+    ["sport"], registry=REGISTRY)
+POLL_TASK_LAG = Gauge(
+    "btsguru_poll_task_lag_seconds", "How late a task is past its scheduled run (0 when on "
+    "time; cluster-wide).", ["sport", "task"], registry=REGISTRY)
+POLL_FAILURES_IN_A_ROW = Gauge(
+    "btsguru_poll_failures_in_a_row", "Consecutive failed runs of a task (cluster-wide).",
+    ["sport", "task"], registry=REGISTRY)
+DATA_AGE = Gauge(
+    "btsguru_data_age_seconds", "Seconds since the sport's last successful live poll.",
+    ["sport"], registry=REGISTRY)
+LIVE_GAMES = Gauge(
+    "btsguru_live_games", "Games live or at a break, per sport.", ["sport"], registry=REGISTRY)
+
+# -- streams --
+STREAM_CONNECTIONS = Gauge(
+    "btsguru_stream_connections", "Open stream connections in this process, by transport.",
+    ["transport"], registry=REGISTRY)
+STREAM_CONNECTS = Counter(
+    "btsguru_stream_connects_total", "Stream connections admitted.", ["transport"],
+    registry=REGISTRY)
+STREAM_DISCONNECTS = Counter(
+    "btsguru_stream_disconnects_total", "Stream connections ended, by reason.",
+    ["transport", "reason"], registry=REGISTRY)
+SEND_QUEUE_FRAMES = Gauge(
+    "btsguru_send_queue_frames", "Frames waiting in connections' send queues.",
+    ["transport"], registry=REGISTRY)
+SEND_QUEUE_BYTES = Gauge(
+    "btsguru_send_queue_bytes", "Bytes waiting in connections' send queues.",
+    ["transport"], registry=REGISTRY)
+MESSAGES_SENT = Counter(
+    "btsguru_stream_messages_sent_total", "Frames written to clients.", ["transport"],
+    registry=REGISTRY)
+BYTES_SENT = Counter(
+    "btsguru_stream_bytes_sent_total", "Bytes written to clients (before compression).",
+    ["transport"], registry=REGISTRY)
+FANOUT_DURATION = Histogram(
+    "btsguru_fanout_duration_seconds", "Time to hand one bus event to every subscriber of "
+    "a channel in this process.", buckets=_FANOUT_BUCKETS_S, registry=REGISTRY)
+
+# -- REST and access --
+HTTP_REQUESTS = Counter(
+    "btsguru_http_requests_total", "HTTP requests by handler and status.",
+    ["handler", "status"], registry=REGISTRY)
+HTTP_LATENCY = Histogram(
+    "btsguru_http_request_duration_seconds", "HTTP request latency (streams excluded).",
+    ["handler"], buckets=_REST_BUCKETS_S, registry=REGISTRY)
+RATE_LIMIT_REJECTIONS = Counter(
+    "btsguru_rate_limit_rejections_total", "Requests refused by the rate limit, by tier.",
+    ["tier"], registry=REGISTRY)
+AUTH_FAILURES = Counter(
+    "btsguru_auth_failures_total", "Requests refused for a missing or bad API key (401).",
+    registry=REGISTRY)
+
+# -- dependencies and alerts --
+DEPENDENCY_UP = Gauge(
+    "btsguru_dependency_up", "1 when the dependency (redis, database) answers a probe.",
+    ["dependency"], registry=REGISTRY)
+ALERTS_FIRING = Gauge(
+    "btsguru_alerts_firing", "Alerts the alerter holds raised, by severity.", ["severity"],
+    registry=REGISTRY)
+ALERTS_RAISED = Counter(
+    "btsguru_alerts_raised_total", "Alerts raised by the alerter, by name.", ["alert"],
+    registry=REGISTRY)
+
+# Close codes (contract section 4, RFC 6455) to bounded disconnect reasons.
+_CLOSE_REASONS = {1000: "normal", 1001: "going_away", 1009: "frame_too_large",
+                  1011: "internal_error", 1012: "restart", 4001: "bad_key",
+                  4003: "forbidden", 4008: "too_many_connections",
+                  4009: "too_many_subscriptions", 4010: "too_slow", 4029: "rate_limited",
+                  4100: "over_capacity"}
+
+
+def disconnect_reason(code: int | None) -> str:
+    """A bounded label for a close code (`peer` when the client went away)."""
+    if code is None:
+        return "peer"
+    return _CLOSE_REASONS.get(code, "other")
+
+
+def metric_names() -> set[str]:
+    """Every sample name the registry can expose (with `_total`, `_bucket`, ... suffixes),
+    for the tests that check dashboards and rules only name real metrics."""
+    names: set[str] = set()
+    for metric in REGISTRY.collect():
+        names.add(metric.name)
+        for sample in metric.samples:
+            names.add(sample.name)
+        if metric.type == "histogram":
+            names.update(metric.name + s for s in ("_bucket", "_sum", "_count"))
+        if metric.type == "counter":
+            names.add(metric.name + "_total")
+    return names
+
+
+async def _probe(check: Awaitable[Any]) -> float:
+    try:
+        await asyncio.wait_for(check, STATE_PROBE_TIMEOUT_S)
+    except Exception:
+        return 0.0
+    return 1.0
+
+
+async def collect_state(s: Services) -> None:
+    """Set the scrape-time gauges from the services' own state. A failing source leaves
+    its gauges as they were (and `btsguru_dependency_up` says why) rather than failing
+    the scrape."""
+    DEPENDENCY_UP.labels("redis").set(await _probe(s.redis.ping()))
+    DEPENDENCY_UP.labels("database").set(await _probe(s.db.ping()))
+    for sport in s.config.sports:
+        CIRCUIT_OPEN.labels(sport).set(0 if s.upstream.breaker.state(sport) == "closed" else 1)
+        try:
+            quota = await asyncio.wait_for(s.quota.snapshot(sport), STATE_PROBE_TIMEOUT_S)
+            tasks = await asyncio.wait_for(s.poller_state.tasks(sport), STATE_PROBE_TIMEOUT_S)
+            poll = await asyncio.wait_for(s.poller_state.state(sport), STATE_PROBE_TIMEOUT_S)
+        except Exception as exc:
+            log.debug("metrics: %s state unavailable: %s", sport, exc)
+            continue
+        QUOTA_REMAINING.labels(sport, "day").set(quota.day_remaining)
+        QUOTA_REMAINING.labels(sport, "minute").set(quota.minute_remaining)
+        QUOTA_LIMIT.labels(sport, "day").set(quota.day_limit)
+        QUOTA_LIMIT.labels(sport, "minute").set(quota.minute_limit)
+        now = s.clock.time()
+        scheduled = 0
+        for task in tasks:
+            if task.next_run is not None:
+                scheduled += 1
+                POLL_TASK_LAG.labels(sport, task.task).set(max(0.0, now - task.next_run))
+            POLL_FAILURES_IN_A_ROW.labels(sport, task.task).set(task.failures)
+        POLL_TASKS_SCHEDULED.labels(sport).set(scheduled)
+        LIVE_GAMES.labels(sport).set(poll.live_games)
+        if poll.data_age_s is not None:
+            DATA_AGE.labels(sport).set(poll.data_age_s)
+    frames: dict[str, int] = {}
+    queued: dict[str, int] = {}
+    open_: dict[str, int] = {}
+    for conn in list(s.hub.connections.values()):
+        kind = conn.kind
+        open_[kind] = open_.get(kind, 0) + 1
+        frames[kind] = frames.get(kind, 0) + conn.queued_frames
+        queued[kind] = queued.get(kind, 0) + conn.queued_bytes
+    for kind in {"ws", "sse", "pusher"} | set(open_):
+        STREAM_CONNECTIONS.labels(kind).set(open_.get(kind, 0))
+        SEND_QUEUE_FRAMES.labels(kind).set(frames.get(kind, 0))
+        SEND_QUEUE_BYTES.labels(kind).set(queued.get(kind, 0))
+
+
+def render() -> bytes:
+    """The registry in Prometheus's text format."""
+    return generate_latest(REGISTRY)
+
+
+class Stopwatch:
+    """Wall time of a block for a histogram; `time.perf_counter`, not the injected clock,
+    since a duration measured on a fake clock would be meaningless."""
+
+    def __init__(self) -> None:
+        self.started = time.perf_counter()
+
+    def elapsed_s(self) -> float:
+        return time.perf_counter() - self.started

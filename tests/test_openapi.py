@@ -1,0 +1,98 @@
+"""`/openapi.json` and `/docs`: the document matches the routes `make_app` serves, the
+docs page works offline, and schemathesis against the live app finds no 5xx and no
+response contradicting the schema."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+
+from btsguru.openapi import PATHS, openapi_document
+from tests.test_raw_proxy import relay
+
+# Routes that are not REST and are described in `info.description` instead (streams,
+# the Pusher endpoints), or that are not API at all (the console, static files, docs).
+NOT_REST = re.compile(r"^(/console|/static|/\((robots|favicon)|/v1/ws$|/v1/stream$|/docs$|"
+                      r"/openapi\.json$|/$|\(\?:/\[\^/\]\+\)\*/apps?/)")
+SAMPLES = {"sport": "football", "id": "1035037", "endpoint": "fixtures"}
+
+
+def concrete(template: str) -> str:
+    return re.sub(r"\{(\w+)\}", lambda m: SAMPLES[m.group(1)], template)
+
+
+def served_patterns(app) -> list[tuple[str, type]]:
+    found = []
+    for rule in app.wildcard_router.rules:
+        regex = getattr(rule.matcher, "regex", None)
+        if regex is not None:
+            found.append((regex.pattern.rstrip("$"), rule.target))
+    return found
+
+
+async def test_the_document_and_the_routes_agree(tmp_path):
+    from btsguru.app import make_app
+
+    async with relay(tmp_path) as r:
+        served = served_patterns(make_app(r.services))
+    rest = [(p, h) for p, h in served if not NOT_REST.match(p)]
+    assert len(rest) >= 10
+    for template, item in PATHS.items():
+        matches = [h for p, h in served if re.fullmatch(p, concrete(template))]
+        assert matches, f"{template} is documented but not served"
+        for method in item:
+            assert method.upper() in matches[0].SUPPORTED_METHODS and \
+                getattr(matches[0], method) is not getattr(
+                    matches[0].__mro__[-2], method, None), (template, method)
+    for pattern, _handler in rest:
+        assert any(re.fullmatch(pattern, concrete(t)) for t in PATHS), \
+            f"{pattern} is served but not in the OpenAPI document"
+    doc = openapi_document()
+    assert doc["openapi"] == "3.1.0"
+    for word in ("/v1/ws", "/v1/stream", "/app/{REVERB_APP_KEY}", "Last-Event-ID"):
+        assert word in doc["info"]["description"]
+
+
+async def test_openapi_json_and_the_docs_page_are_served_offline(tmp_path):
+    async with relay(tmp_path) as r:
+        async with r.session.get(r.url + "/openapi.json") as resp:
+            assert resp.status == 200
+            doc = await resp.json()
+        assert doc["servers"] == [{"url": r.url}]
+        assert set(doc["paths"]) == set(PATHS)
+        async with r.session.get(r.url + "/docs") as resp:
+            assert resp.status == 200 and resp.headers["Content-Type"].startswith("text/html")
+            page = await resp.text()
+        assert "http://" not in page and "https://" not in page  # no CDN
+        assets = re.findall(r'(?:src|href)="(/static/[^"]+)"', page)
+        assert len(assets) == 4
+        for asset in assets:
+            async with r.session.get(r.url + asset) as resp:
+                assert resp.status == 200, asset
+                assert len(await resp.read()) > 100
+    licence = Path(__file__).parent.parent / "static" / "swagger-ui" / "LICENSE"
+    assert "Apache License" in licence.read_text()
+
+
+@pytest.mark.skipif(shutil.which("st", path=str(Path(sys.executable).parent)) is None,
+                    reason="schemathesis is not installed")
+async def test_schemathesis_finds_no_5xx_and_no_schema_violation(tmp_path):
+    async with relay(tmp_path) as r:
+        st = str(Path(sys.executable).parent / "st")
+        proc = await asyncio.create_subprocess_exec(
+            st, "run", r.url + "/openapi.json", "--checks",
+            "not_a_server_error,status_code_conformance,content_type_conformance,"
+            "response_schema_conformance", "-n", "8", "--seed", "1",
+            "--header", f"X-API-Key: {r.key}", "--exclude-path", "/metrics",
+            "--exclude-path", "/v1/realtime/auth", "--exclude-path", "/broadcasting/auth",
+            "--request-timeout", "20",
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+        out, _ = await asyncio.wait_for(proc.communicate(), 240)
+    text = out.decode(errors="replace")
+    assert proc.returncode == 0, text[-6000:]
+    assert re.search(r"\b(9|1[0-9]) passed", text), text[-3000:]  # every operation ran
