@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import importlib
 
-SCENARIOS = ("rest_hits", "normalize")
+SCENARIOS = ("rest_hits", "normalize", "pollers", "fanout")
 
 
 def main() -> None:

@@ -94,7 +94,7 @@ class Stack:
     api_key: str
 
 
-def start_stack(group: Processes, *, processes_n: int = 1) -> Stack:
+def start_stack(group: Processes, *, processes_n: int = 1, pollers: bool = False) -> Stack:
     scratch = Path(tempfile.mkdtemp(prefix="btsguru-bench-"))
     sim_port, port = free_port(), free_port()
     simulator_url = f"http://127.0.0.1:{sim_port}"
@@ -123,7 +123,8 @@ def start_stack(group: Processes, *, processes_n: int = 1) -> Stack:
         env={**os.environ, **env})
     key = btsguru("keys", "create", "bench@example.com", env=env).strip().splitlines()[-1]
     group.start([sys.executable, "-m", "btsguru", "serve", "--port", str(port),
-                 "--processes", str(processes_n)], env=env)
+                 "--processes", str(processes_n), *([] if pollers else ["--no-pollers"])],
+                env=env)
     base_url = f"http://127.0.0.1:{port}"
     wait_http(f"{base_url}/healthz")
     return Stack(env, base_url, simulator_url, key)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +18,7 @@ from typing import Any
 
 import tornado.web
 
+from btsguru.alerts import Alerter, WebhookSender
 from btsguru.auth.access import AccessService
 from btsguru.auth.keys import KeyService
 from btsguru.auth.tiers import TierService
@@ -27,10 +29,27 @@ from btsguru.db import connect_database
 from btsguru.db.runner import DatabaseRunner
 from btsguru.handlers.api import api_routes
 from btsguru.handlers.base import NotFoundHandler, log_request
+from btsguru.handlers.console import console_routes
+from btsguru.handlers.docs import DocsHandler, OpenApiHandler
 from btsguru.handlers.health import HealthHandler, ReadyHandler
+from btsguru.handlers.metrics import MetricsHandler
+from btsguru.handlers.pusher import PusherHandler
+from btsguru.handlers.pusher_http import pusher_http_routes
 from btsguru.handlers.raw import RAW_ROUTE, RawHandler
+from btsguru.handlers.rest import rest_routes
+from btsguru.handlers.sse import StreamHandler
+from btsguru.handlers.ws import WebSocketHandler
+from btsguru.pollers.service import Pollers
+from btsguru.pollers.state import PollerStateReader
+from btsguru.realtime.hub import Hub
+from btsguru.realtime.slots import StreamSlots
+from btsguru.store.bus import Bus, RedisBus
 from btsguru.store.cache import RawCache
+from btsguru.store.games import GameStore
+from btsguru.store.history import EventHistory
+from btsguru.store.pusher import PusherState
 from btsguru.store.redis import RedisStores, open_redis
+from btsguru.store.standings import StandingsStore
 from btsguru.upstream.client import UpstreamClient
 from btsguru.upstream.proxy import RawProxy
 from btsguru.upstream.quota import QuotaGovernor
@@ -38,8 +57,17 @@ from btsguru.upstream.quota import QuotaGovernor
 log = logging.getLogger(__name__)
 
 ROOT = Path(__file__).resolve().parent.parent
-TEMPLATES = ROOT / "templates"
-STATIC = ROOT / "static"
+
+
+def _assets_root() -> Path:
+    """templates/ and static/: beside the package in a checkout (or an editable install),
+    under <prefix>/share/btsguru when installed from a wheel."""
+    installed = Path(sys.prefix) / "share" / "btsguru"
+    return ROOT if (ROOT / "templates").is_dir() or not installed.is_dir() else installed
+
+
+TEMPLATES = _assets_root() / "templates"
+STATIC = _assets_root() / "static"
 
 
 @dataclass(frozen=True)
@@ -56,11 +84,23 @@ class Services:
     upstream: UpstreamClient
     cache: RawCache
     proxy: RawProxy
+    bus: Bus
+    history: EventHistory
+    games: GameStore
+    standings: StandingsStore
+    poller_state: PollerStateReader
+    pollers: Pollers
+    hub: Hub
+    alerts: Alerter
+    pusher: PusherState
 
     def start_background(self) -> None:
         """Start the services' own tasks (usage flush and rollup, invalidations): for the
         long-running commands, not for one-shot CLI commands."""
         self.access.start()
+        self.hub.start()
+        self.alerts.start()
+        self.pusher.start()
 
 
 @contextlib.asynccontextmanager
@@ -86,9 +126,32 @@ async def open_services(config: Config, clock: Clock | None = None) -> AsyncIter
         cache = RawCache(redis, config, clock)
         proxy = RawProxy(cache, upstream, redis, clock)
         stack.push_async_callback(proxy.close)
+        bus = RedisBus(redis.reverb, redis.keys)
+        stack.push_async_callback(bus.close)
+        history = EventHistory(redis, bus)
+        games = GameStore(redis, db, clock, bus)
+        stack.push_async_callback(games.close)  # its last database save runs before db.close
+        standings = StandingsStore(redis)
+        poller_state = PollerStateReader(redis, clock)
+        # started by `serve` (unless --no-pollers) and `poll`; stopped before the stores
+        # it writes to close (a no-op when never started)
+        pollers = Pollers(config, clock, redis, upstream, cache, quota, games, standings)
+        stack.push_async_callback(pollers.stop)
+        hub = Hub(bus, history, games, StreamSlots(redis.reverb, redis.keys), config.sports)
+        stack.push_async_callback(hub.close)  # before the bus and the store it reads
+        pusher = PusherState(redis.reverb, redis.keys)
+        stack.push_async_callback(pusher.close)  # after the hub closed its connections
+        alerts = Alerter(
+            config.sports, clock, redis, quota=quota, tasks=poller_state,
+            breaker_state=upstream.breaker.state, database_ping=db.ping,
+            webhook=WebhookSender(config.alert_webhook_url, clock)
+            if config.alert_webhook_url else None)
+        stack.push_async_callback(alerts.stop)  # first to stop: it reads everything else
         yield Services(config=config, clock=clock, redis=redis, db=db, users=UserService(db),
                        keys=keys, tiers=tiers, access=access, quota=quota, upstream=upstream,
-                       cache=cache, proxy=proxy)
+                       cache=cache, proxy=proxy, bus=bus, history=history, games=games,
+                       standings=standings, poller_state=poller_state,
+                       pollers=pollers, hub=hub, alerts=alerts, pusher=pusher)
 
 
 def make_app(s: Services, **settings: Any) -> tornado.web.Application:
@@ -96,9 +159,19 @@ def make_app(s: Services, **settings: Any) -> tornado.web.Application:
     routes: list[Any] = [
         (r"/healthz", HealthHandler),
         (r"/readyz", ReadyHandler, {"redis": s.redis, "db": s.db}),
+        (r"/metrics", MetricsHandler, {"services": s}),
+        (r"/openapi.json", OpenApiHandler),
+        (r"/docs", DocsHandler),
         *api_routes(s),
+        *rest_routes(s),
         (RAW_ROUTE, RawHandler, {"access": s.access, "proxy": s.proxy,
                                  "sports": s.config.sports}),
+        (r"/v1/ws", WebSocketHandler, {"hub": s.hub, "access": s.access}),
+        (r"/v1/stream", StreamHandler, {"access": s.access, "hub": s.hub}),
+        (r"(?:/[^/]+)*/app/(?P<key>[^/]+)", PusherHandler,
+         {"hub": s.hub, "state": s.pusher, "config": s.config}),
+        *pusher_http_routes(s.hub, s.pusher, s.history, s.config, s.access),
+        *console_routes(s, TEMPLATES),
     ]
     return tornado.web.Application(
         routes,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import os
 import sys
@@ -177,22 +178,120 @@ def cmd_serve(config: Config, args: argparse.Namespace) -> int:
     host = args.host or config.reverb_host
     port = config.reverb_port if args.port is None else args.port
     try:
-        return run_server(config, host, port, args.processes)
+        return run_server(config, host, port, args.processes, pollers=not args.no_pollers)
     except OSError as exc:
         raise CannotListen(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
 
 
 def cmd_poll(config: Config, args: argparse.Namespace) -> int:
-    raise NotReady("`btsguru poll` needs the pollers, which are not built yet (issue 4)")
+    """Pollers only, no HTTP: until SIGTERM or SIGINT, then a clean stop (leases given
+    back, so another process takes over at once)."""
+    config.require_upstream_key()
+    _check_reachable(config)
+
+    async def poll() -> int:
+        from btsguru.app import open_services
+
+        stop = _stop_on_signals()
+        async with open_services(config) as s:
+            await s.pollers.start()
+            try:
+                await stop.wait()
+                log.info("stopping the pollers (pid %d)", os.getpid())
+            finally:
+                await s.pollers.stop()
+        return 0
+
+    return _run(poll())
 
 
 def cmd_refresh(config: Config, args: argparse.Namespace) -> int:
-    raise NotReady("`btsguru refresh` needs the pollers, which are not built yet (issue 4)")
+    """One pass of fetching; exit 0 when every fetch succeeded, 1 otherwise."""
+    import time
+
+    from btsguru.server import print_line
+
+    config.require_upstream_key()
+    sports = _chosen_sports(config, args.sport)
+    _check_reachable(config)
+
+    async def refresh() -> int:
+        from btsguru.app import open_services
+
+        started = time.monotonic()
+        async with open_services(config) as s:
+            print_line(f"refresh {args.scope}: {', '.join(sports)}")
+            summary = await s.pollers.refresh(args.scope, sports=sports, progress=print_line)
+        print_line(f"done in {time.monotonic() - started:.1f} s: {summary.requests} requests, "
+                   f"{summary.games} games, {summary.events} events "
+                   f"({summary.game_events} in-game), {summary.failures} failed")
+        if not summary.ok:
+            _fail(f"btsguru: refresh: {summary.failures} upstream "
+                  f"fetch{'es' if summary.failures > 1 else ''} failed; first: "
+                  f"{summary.errors[0]}")
+            return EXIT_FAILURE
+        return 0
+
+    return _run(refresh())
 
 
 def cmd_record(config: Config, args: argparse.Namespace) -> int:
-    raise NotReady("`btsguru record` needs the upstream client, which is not built yet "
-                   "(issue 4)")
+    """Poll the upstream (live, schedule and static data, at the pollers' cadence) for
+    `--duration` seconds, writing every answer to a tape `simulate --tape` replays."""
+    import uuid
+
+    from btsguru.server import print_line
+
+    config.require_upstream_key()
+    sports = _chosen_sports(config, args.sport)
+    _check_reachable(config)
+
+    async def record() -> int:
+        from btsguru.app import open_services
+        from btsguru.pollers.record import TapeWriter
+        from btsguru.pollers.service import Pollers
+
+        stop = _stop_on_signals()
+        async with open_services(config) as s:
+            # a schedule of its own (not the cluster's), no leases: a recording polls
+            # whatever the running pollers do
+            pollers = Pollers(config, s.clock, s.redis, s.upstream, s.cache, s.quota, s.games,
+                              None, sports=sports, kinds=("live", "schedule", "static"),
+                              use_leases=False, namespace=f"record:{uuid.uuid4().hex[:8]}")
+            with TapeWriter(args.out, secrets=[config.rapidapi_key.reveal()]) as tape:
+                pollers.fetcher.observers.append(tape.write)
+                print_line(f"recording {', '.join(sports)} for {args.duration} s to {args.out}")
+                await pollers.start()
+                try:
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(stop.wait(), args.duration)
+                finally:
+                    await pollers.stop()
+        per_sport = ", ".join(f"{sport} {n}" for sport, n in sorted(tape.by_sport.items()))
+        print_line(f"recorded {tape.lines} responses ({per_sport or 'none'}) to {args.out}")
+        return 0
+
+    return _run(record())
+
+
+def _chosen_sports(config: Config, sport: str | None) -> list[str]:
+    if sport is None:
+        return list(config.sports)
+    if sport not in config.sports:
+        raise ConfigError(f"BTSGURU_SPORTS: {sport} is not among the relayed sports "
+                          f"({', '.join(config.sports)})")
+    return [sport]
+
+
+def _stop_on_signals() -> asyncio.Event:
+    """An event SIGTERM and SIGINT set (on the running loop)."""
+    import signal
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    return stop
 
 
 def cmd_migrate(config: Config, args: argparse.Namespace) -> int:

@@ -289,6 +289,73 @@ class Config:
         "API_RATE_LIMIT_DURATION", "60", "Free tier: the rate limit's window in seconds.",
         _parse_int(1))
 
+    # -- pollers: cadences (pollers/cadence.py); the daily budget stretches them when short --
+    poll_live_interval_football_s: int = setting(
+        "POLL_LIVE_INTERVAL_FOOTBALL_S", "15",
+        "Seconds between football live polls while games are in play.", _parse_int(1))
+    poll_live_interval_basketball_s: int = setting(
+        "POLL_LIVE_INTERVAL_BASKETBALL_S", "8",
+        "Seconds between basketball live polls while games are in play.", _parse_int(1))
+    poll_live_interval_hockey_s: int = setting(
+        "POLL_LIVE_INTERVAL_HOCKEY_S", "15",
+        "Seconds between hockey live polls while games are in play.", _parse_int(1))
+    poll_live_interval_baseball_s: int = setting(
+        "POLL_LIVE_INTERVAL_BASEBALL_S", "45",
+        "Seconds between baseball live polls while games are in play.", _parse_int(1))
+    poll_live_interval_american_football_s: int = setting(
+        "POLL_LIVE_INTERVAL_AMERICAN_FOOTBALL_S", "15",
+        "Seconds between American football live polls while games are in play.", _parse_int(1))
+    poll_crucial_interval_football_s: int = setting(
+        "POLL_CRUCIAL_INTERVAL_FOOTBALL_S", "10",
+        "Football live polls in crucial moments (late, extra time, shoot-out).", _parse_int(1))
+    poll_crucial_interval_basketball_s: int = setting(
+        "POLL_CRUCIAL_INTERVAL_BASKETBALL_S", "5",
+        "Basketball live polls in crucial moments (last minutes, overtime).", _parse_int(1))
+    poll_crucial_interval_hockey_s: int = setting(
+        "POLL_CRUCIAL_INTERVAL_HOCKEY_S", "10",
+        "Hockey live polls in crucial moments (last minutes, overtime, shoot-out).",
+        _parse_int(1))
+    poll_crucial_interval_baseball_s: int = setting(
+        "POLL_CRUCIAL_INTERVAL_BASEBALL_S", "30",
+        "Baseball live polls in crucial moments (9th inning on, close late).", _parse_int(1))
+    poll_crucial_interval_american_football_s: int = setting(
+        "POLL_CRUCIAL_INTERVAL_AMERICAN_FOOTBALL_S", "10",
+        "American football live polls in crucial moments (two-minute warning, OT).",
+        _parse_int(1))
+    poll_idle_interval_s: int = setting(
+        "POLL_IDLE_INTERVAL_S", "900",
+        "Longest live-poll sleep with nothing in play (it wakes before the next start).",
+        _parse_int(1))
+    poll_pregame_lead_s: int = setting(
+        "POLL_PREGAME_LEAD_S", "120",
+        "An idle live poller wakes this long before the next scheduled start.", _parse_int(0))
+    poll_schedule_interval_s: int = setting(
+        "POLL_SCHEDULE_INTERVAL_S", "900",
+        "Seconds between schedule polls (yesterday, today, tomorrow).", _parse_int(1))
+    poll_details_interval_s: int = setting(
+        "POLL_DETAILS_INTERVAL_S", "300",
+        "Seconds between event-detail polls of one game in play (hockey; at once on a goal).",
+        _parse_int(1))
+    poll_standings_live_interval_s: int = setting(
+        "POLL_STANDINGS_LIVE_INTERVAL_S", "3600",
+        "Seconds between standings polls of a league with a game in play.", _parse_int(1))
+    poll_standings_idle_interval_s: int = setting(
+        "POLL_STANDINGS_IDLE_INTERVAL_S", "86400",
+        "Seconds between standings polls of a league with nothing in play.", _parse_int(1))
+    poll_static_interval_s: int = setting(
+        "POLL_STATIC_INTERVAL_S", "21600",
+        "Seconds between refreshes of leagues and teams.", _parse_int(1))
+    poll_budget_share_percent: int = setting(
+        "POLL_BUDGET_SHARE_PERCENT", "80",
+        "Share of each sport's daily quota the pollers plan to spend (the rest: user misses).",
+        _parse_int(1, 100))
+    poll_backoff_base_s: int = setting(
+        "POLL_BACKOFF_BASE_S", "5",
+        "A failing poller waits its cadence plus up to this, doubling per failure.",
+        _parse_int(1))
+    poll_backoff_cap_s: int = setting(
+        "POLL_BACKOFF_CAP_S", "300", "The most a failing poller's backoff adds.", _parse_int(1))
+
     # -- storage and secrets --
     database_url: str = setting(
         "DATABASE_URL", "sqlite:///btsguru.db",

@@ -86,11 +86,14 @@ def _print_banner(simulator_url: str, host: str, port: int, key: str) -> None:
     for line in (
         "btsguru demo is running (Ctrl-C stops it).",
         f"  simulated upstream  {simulator_url}  (API-Sports shape; /__sim/stats)",
-        f"  demo user           email {DEMO_EMAIL}  password {DEMO_PASSWORD}",
+        f"  console             {base}/console   email {DEMO_EMAIL}  password {DEMO_PASSWORD}",
         f"  API key             {key}",
         f"  REST (raw proxy)    curl -H 'X-API-Key: {key}' '{base}/v1/football/raw/fixtures"
         "?live=all'",
+        f"  live games          curl -H 'X-API-Key: {key}' {base}/v1/football/live",
         f"  usage               curl -H 'X-API-Key: {key}' {base}/v1/usage",
+        f"  WebSocket           ws://{host}:{port}/v1/ws?api_key={key}",
+        f"  SSE                 curl -N '{base}/v1/stream?channels=sports.football&api_key={key}'",
         f"  health              {base}/healthz  {base}/readyz",
     ):
         print_line(line)

@@ -54,8 +54,9 @@ Hook = Callable[[Services, int], Awaitable[None]]
 
 
 async def serve_sockets(config: Config, sockets: list[socket.socket], *,
-                        on_ready: Hook | None = None) -> None:
-    """Serve on already-bound sockets until SIGTERM/SIGINT."""
+                        on_ready: Hook | None = None, pollers: bool = True) -> None:
+    """Serve on already-bound sockets until SIGTERM/SIGINT, with the pollers in the same
+    IOLoop unless `pollers` is False (`serve --no-pollers`)."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -67,28 +68,62 @@ async def serve_sockets(config: Config, sockets: list[socket.socket], *,
         server.add_sockets(sockets)
         port = sockets[0].getsockname()[1]
         log.info("serving on port %d (pid %d)", port, os.getpid())
-        if on_ready is not None:
-            await on_ready(services, port)
-        await stop.wait()
-        log.info("stopping (pid %d)", os.getpid())
-        _arm_stop_deadline(lambda: os._exit(EXIT_STUCK))
-        server.stop()
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(server.close_all_connections(), DRAIN_S)
+        if pollers:
+            await services.pollers.start()
+        try:
+            if on_ready is not None:
+                await on_ready(services, port)
+            await stop.wait()
+            log.info("stopping (pid %d)", os.getpid())
+            _arm_stop_deadline(lambda: _exit_stuck(loop))
+        finally:
+            # STYLE.md's order: pollers, listener, connections, then (the exit stack)
+            # Redis and the database
+            if pollers:
+                await services.pollers.stop()
+            server.stop()
+            await services.hub.drain()  # streams told to reconnect (1012), in batches
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(server.close_all_connections(), DRAIN_S)
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.remove_signal_handler(sig)
 
 
+def _exit_stuck(loop: asyncio.AbstractEventLoop) -> None:
+    """Say what the shutdown is waiting for (each pending task's innermost frames), then
+    end the process: the operator gets the cause, not just a killed service."""
+    for task in asyncio.all_tasks(loop):
+        where = " > ".join(_awaiting(task.get_coro())) or "not started"
+        os.write(2, f"btsguru: still pending at shutdown: {task.get_name()}: {where}\n".encode())
+    os._exit(EXIT_STUCK)
+
+
+def _awaiting(coro: object) -> list[str]:
+    """The chain of frames a suspended coroutine is waiting in, outermost first."""
+    chain: list[str] = []
+    while coro is not None and len(chain) < 12:
+        frame = (getattr(coro, "cr_frame", None) or getattr(coro, "gi_frame", None)
+                 or getattr(coro, "ag_frame", None))
+        if frame is not None:
+            chain.append(f"{frame.f_code.co_filename.rsplit('/', 1)[-1]}:{frame.f_lineno} "
+                         f"{frame.f_code.co_name}")
+        coro = (getattr(coro, "cr_await", None) or getattr(coro, "gi_yieldfrom", None)
+                or getattr(coro, "ag_await", None))
+    return chain
+
+
 def run_server(config: Config, host: str, port: int, processes: int = 1,
-               on_ready: Hook | None = None) -> int:
+               on_ready: Hook | None = None, pollers: bool = True) -> int:
     """Bind once, then serve in this process (`processes == 1`) or in forked workers
-    (`0` means one per core). Returns the exit status."""
+    (`0` means one per core; each runs pollers, and the leases let one process run
+    each task). Returns the exit status."""
     sockets = tornado.netutil.bind_sockets(port, host)
     count = processes or (os.cpu_count() or 1)
     if count == 1:
-        asyncio.run(serve_sockets(config, sockets, on_ready=on_ready))
+        asyncio.run(serve_sockets(config, sockets, on_ready=on_ready, pollers=pollers))
         return 0
-    return _supervise(count, lambda: asyncio.run(serve_sockets(config, sockets)))
+    return _supervise(count, lambda: asyncio.run(serve_sockets(config, sockets,
+                                                               pollers=pollers)))
 
 
 def _supervise(count: int, work: Callable[[], None]) -> int:

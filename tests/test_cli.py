@@ -62,9 +62,9 @@ def test_serve_without_an_upstream_key_is_a_clear_start_up_error():
 @pytest.mark.parametrize("command", [["poll"], ["sports:poll"], ["refresh"],
                                      ["rapidapi:refresh", "--scope", "static"],
                                      ["record", "--out", "x.jsonl"]])
-def test_commands_not_built_yet_say_so(command):
-    line = assert_one_line_error(run_cli(*command), 1)
-    assert "not built yet" in line
+def test_upstream_commands_need_the_key(command):
+    line = assert_one_line_error(run_cli(*command), 2)
+    assert "RAPIDAPI_KEY: required" in line
 
 
 def test_unreachable_redis_is_one_line(tmp_path):

@@ -123,7 +123,8 @@ async def test_concurrent_misses_across_two_server_processes_make_one_call(tmp_p
             env[f"RAPIDAPI_BASE_URL_{sport}"] = config.upstream_base_url(
                 sport.lower().replace("_", "-"))
         ports = [free_port(), free_port()]
-        servers = [subprocess.Popen([sys.executable, "-m", "btsguru", "serve", "--port", str(p)],  # noqa: ASYNC220 - started once, not awaited
+        command = [sys.executable, "-m", "btsguru", "serve", "--no-pollers", "--port"]
+        servers = [subprocess.Popen([*command, str(p)],  # noqa: ASYNC220 - not awaited
                                     cwd=ROOT, env=cli_env(env), stderr=subprocess.PIPE)
                    for p in ports]
         try:

@@ -100,7 +100,8 @@ def test_demo_runs_with_no_servers_and_prints_what_a_newcomer_needs(tmp_path):
         request = urllib.request.Request(url, headers={"X-API-Key": key})
         with urllib.request.urlopen(request, timeout=15) as response:
             assert response.status == 200
-            assert response.headers["X-Cache"] == "MISS"
+            # the demo's pollers may have fetched live fixtures into the cache already
+            assert response.headers["X-Cache"] in ("MISS", "HIT")
             assert json.loads(response.read())["get"] == "fixtures"
     finally:
         code, _out, err = stop(process, signal.SIGINT)
