@@ -12,20 +12,9 @@ from collections.abc import Mapping
 from types import MappingProxyType
 from typing import Any
 
-from btsguru.sports.base import Game, League, Phase, Status
-from btsguru.sports.fields import (
-    current_period,
-    int_or_none,
-    name,
-    obj,
-    period,
-    phase_of,
-    season,
-    team,
-    text,
-    utc_time,
-    warn_once,
-)
+from btsguru.sports import v1
+from btsguru.sports.base import Game, Phase
+from btsguru.sports.fields import obj, text, utc_time
 
 SPORT = "american-football"
 
@@ -40,55 +29,36 @@ PHASES: Mapping[str, Phase] = MappingProxyType({
 })
 
 # (upstream score key, period name, status.period): overtime counts as period 5.
-_PERIODS = (("quarter_1", "Q1", 1), ("quarter_2", "Q2", 2), ("quarter_3", "Q3", 3),
-            ("quarter_4", "Q4", 4), ("overtime", "OT", 5))
+_PERIODS: tuple[v1.PeriodKey, ...] = (
+    ("quarter_1", "Q1", 1), ("quarter_2", "Q2", 2), ("quarter_3", "Q3", 3),
+    ("quarter_4", "Q4", 4), ("overtime", "OT", 5))
 _PERIOD_OF_CODE: Mapping[str, int] = MappingProxyType(
     {"Q1": 1, "Q2": 2, "HT": 2, "Q3": 3, "Q4": 4, "OT": 5})
-_NUMBER_OF_PERIOD: Mapping[str, int] = MappingProxyType({n: i for _, n, i in _PERIODS})
 
 
-def normalize_game(item: Mapping[str, Any], observed_at: str) -> Game | None:
-    """One `/games` item as a Game, or None (with one warning) when it has no id."""
-    game = obj(item.get("game"))
-    game_id = int_or_none(game.get("id"))
-    if game_id is None:
-        warn_once(SPORT, "skipped an item without an id", "game.id")
-        return None
-    status = obj(game.get("status"))
-    code = text(status.get("short")) or ""
-    scores = obj(item.get("scores"))
-    home_scores, away_scores = obj(scores.get("home")), obj(scores.get("away"))
-    home, away = int_or_none(home_scores.get("total")), int_or_none(away_scores.get("total"))
-    phase = phase_of(SPORT, PHASES, code, scored=home is not None or away is not None)
-    if phase is Phase.SCHEDULED:
-        home = away = None  # the contract: null before the game starts (periods: none)
-    periods = tuple(p for key, period_name, _ in _PERIODS
-                    if (p := period(period_name, home_scores.get(key),
-                                    away_scores.get(key))) is not None)
-    league = obj(item.get("league"))
-    teams = obj(item.get("teams"))
-    return Game(
-        id=game_id,
-        sport=SPORT,
-        league=League(id=int_or_none(league.get("id")) or 0, name=name(league.get("name")),
-                      country=text(obj(league.get("country")).get("name")),
-                      season=season(league.get("season"))),
-        start_time=_start_time(obj(game.get("date"))),
-        status=Status(phase=phase, code=code, detail=text(status.get("long")),
-                      clock=text(status.get("timer")),
-                      period=current_period(code, phase, periods, _PERIOD_OF_CODE,
-                                            _NUMBER_OF_PERIOD),
-                      server_time=observed_at),
-        home=team(teams.get("home"), home),
-        away=team(teams.get("away"), away),
-        periods=() if phase is Phase.SCHEDULED else periods,
-    )
+def _scores(item: Mapping[str, Any]) -> v1.Scores:
+    """`scores.{home,away}.total`, each quarter and `overtime` beside it."""
+    return v1.side_scores(item.get("scores"), _PERIODS)
 
 
-def _start_time(when: Mapping[str, Any]) -> str:
+def _start_time(game: Mapping[str, Any]) -> str:
     """From `date.timestamp`; failing that, `date.date` + `date.time` when they are UTC
     (the only zone we can read without a time-zone database lookup on a guess)."""
+    when = obj(game.get("date"))
     day, clock = text(when.get("date")), text(when.get("time"))
     zone = text(when.get("timezone"))
     fallback = f"{day}T{clock}:00+00:00" if day and clock and zone in (None, "UTC") else None
     return utc_time(when.get("timestamp"), fallback)
+
+
+# The item nests the game (`{game: {id, date, status}, league, teams, scores}`), the
+# country is the league's, the clock `game.status.timer`.
+_SHAPE = v1.GamesShape(
+    sport=SPORT, phases=PHASES, scores=_scores, period_of_code=_PERIOD_OF_CODE.get,
+    number_of_period=MappingProxyType({n: i for _, n, i in _PERIODS}),
+    game_key="game", country_in_league=True, start_time=_start_time)
+
+
+def normalize_game(item: Mapping[str, Any], observed_at: str) -> Game | None:
+    """One `/games` item as a Game, or None (with one warning) when it has no id."""
+    return v1.normalize_game(_SHAPE, item, observed_at)

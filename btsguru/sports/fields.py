@@ -12,12 +12,12 @@ from __future__ import annotations
 import functools
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from types import MappingProxyType
 from typing import Any
 
-from btsguru.sports.base import Period, Phase, Team
+from btsguru.sports.base import League, Period, Phase, Team
 
 log = logging.getLogger(__name__)
 
@@ -131,6 +131,33 @@ def phase_of(sport: str, phases: Mapping[str, Phase], code: str, *, scored: bool
     return Phase.LIVE if scored else Phase.SCHEDULED
 
 
+def game_id(sport: str, value: Any, where: str) -> int | None:
+    """An item's id, or None with one warning per (sport, `where`) per process: an item
+    without an id is skipped, as nothing could address the game it describes."""
+    number = int_or_none(value)
+    if number is None:
+        warn_once(sport, "skipped an item without an id", where)
+    return number
+
+
+def phase_and_score(sport: str, phases: Mapping[str, Phase], code: str, home: int | None,
+                    away: int | None) -> tuple[Phase, int | None, int | None]:
+    """The phase of `code` (see `phase_of`: the upstream's totals are its evidence) and
+    the totals as the contract shows them: null on both sides before the game starts."""
+    phase = phase_of(sport, phases, code, scored=home is not None or away is not None)
+    if phase is Phase.SCHEDULED:
+        return phase, None, None
+    return phase, home, away
+
+
+def league(value: Any, country: str | None) -> League:
+    """A game's league from `{id, name, season, ...}`; where the country's name sits
+    differs between the upstream's APIs, so the caller reads it."""
+    data = obj(value)
+    return League(id=int_or_none(data.get("id")) or 0, name=name(data.get("name")),
+                  country=country, season=season(data.get("season")))
+
+
 def team(value: Any, score: int | None) -> Team:
     """A side of a game: `{id, name, ...}` (id 0 and name "" when the upstream left them out)."""
     data = obj(value)
@@ -138,10 +165,11 @@ def team(value: Any, score: int | None) -> Team:
 
 
 def current_period(code: str, phase: Phase, periods: tuple[Period, ...],
-                   of_code: Mapping[str, int], of_period: Mapping[str, int]) -> int | None:
-    """status.period: from the code while it names a period; in a break or an
+                   of_code: Callable[[str], int | None],
+                   of_period: Mapping[str, int]) -> int | None:
+    """status.period: from the code while it names a period (`of_code`); in a break or an
     interruption, the last period that has a score; None once the game is over."""
-    number = of_code.get(code)
+    number = of_code(code)
     if number is not None:
         return number
     if phase in (Phase.BREAK, Phase.INTERRUPTED, Phase.LIVE) and periods:

@@ -13,18 +13,17 @@ from collections.abc import Iterable, Mapping
 from types import MappingProxyType
 from typing import Any
 
-from btsguru.sports.base import Game, GameEvent, League, Period, Phase, Status
+from btsguru.sports.base import Game, GameEvent, Period, Phase, Status
 from btsguru.sports.fields import (
+    game_id,
     int_or_none,
-    name,
+    league,
     obj,
     period,
-    phase_of,
-    season,
+    phase_and_score,
     team,
     text,
     utc_time,
-    warn_once,
 )
 
 SPORT = "football"
@@ -62,17 +61,14 @@ def normalize_fixture(item: Mapping[str, Any], observed_at: str) -> Game | None:
     keeps what it knew, see `normalize.carry_events`), and () for a game not started.
     """
     fixture = obj(item.get("fixture"))
-    game_id = int_or_none(fixture.get("id"))
-    if game_id is None:
-        warn_once(SPORT, "skipped an item without an id", "fixture.id")
+    number = game_id(SPORT, fixture.get("id"), "fixture.id")
+    if number is None:
         return None
     status = obj(fixture.get("status"))
     code = text(status.get("short")) or ""
     goals = obj(item.get("goals"))
-    home, away = int_or_none(goals.get("home")), int_or_none(goals.get("away"))
-    phase = phase_of(SPORT, PHASES, code, scored=home is not None or away is not None)
-    if phase is Phase.SCHEDULED:
-        home = away = None  # the contract: null before the game starts (periods: none)
+    phase, home, away = phase_and_score(SPORT, PHASES, code, int_or_none(goals.get("home")),
+                                        int_or_none(goals.get("away")))
     elapsed = int_or_none(status.get("elapsed"))
     periods = _periods(code, elapsed, obj(item.get("score")), home, away)
     raw_events = item.get("events")
@@ -81,13 +77,12 @@ def normalize_fixture(item: Mapping[str, Any], observed_at: str) -> Game | None:
         events = normalize_events(raw_events)
     else:
         events = () if phase is Phase.SCHEDULED else None
-    league = obj(item.get("league"))
+    league_data = obj(item.get("league"))
     teams = obj(item.get("teams"))
     return Game(
-        id=game_id,
+        id=number,
         sport=SPORT,
-        league=League(id=int_or_none(league.get("id")) or 0, name=name(league.get("name")),
-                      country=text(league.get("country")), season=season(league.get("season"))),
+        league=league(league_data, text(league_data.get("country"))),
         start_time=utc_time(fixture.get("timestamp"), fixture.get("date")),
         status=Status(phase=phase, code=code, detail=text(status.get("long")),
                       clock=_clock(elapsed, int_or_none(status.get("extra"))),

@@ -14,19 +14,9 @@ from collections.abc import Iterable, Mapping
 from types import MappingProxyType
 from typing import Any
 
-from btsguru.sports.base import Game, GameEvent, League, Period, Phase, Status
-from btsguru.sports.fields import (
-    current_period,
-    int_or_none,
-    name,
-    obj,
-    phase_of,
-    season,
-    team,
-    text,
-    utc_time,
-    warn_once,
-)
+from btsguru.sports import v1
+from btsguru.sports.base import Game, GameEvent, Period, Phase
+from btsguru.sports.fields import int_or_none, obj, text
 
 SPORT = "hockey"
 
@@ -42,11 +32,28 @@ PHASES: Mapping[str, Phase] = MappingProxyType({
 })
 
 # (upstream periods key, period name, status.period): overtime is 4, the shoot-out 5.
-_PERIODS = (("first", "P1", 1), ("second", "P2", 2), ("third", "P3", 3),
-            ("overtime", "OT", 4), ("penalties", "PEN", 5))
+_PERIODS: tuple[v1.PeriodKey, ...] = (
+    ("first", "P1", 1), ("second", "P2", 2), ("third", "P3", 3),
+    ("overtime", "OT", 4), ("penalties", "PEN", 5))
 _PERIOD_OF_CODE: Mapping[str, int] = MappingProxyType(
     {"P1": 1, "P2": 2, "P3": 3, "OT": 4, "PT": 5})
-_NUMBER_OF_PERIOD: Mapping[str, int] = MappingProxyType({n: i for _, n, i in _PERIODS})
+
+
+def _scores(item: Mapping[str, Any]) -> v1.Scores:
+    """The totals are `scores.{home,away}` (plain numbers); the periods are
+    `periods.{first,...}`, each a "home-away" string."""
+    scores, raw_periods = obj(item.get("scores")), obj(item.get("periods"))
+    return (int_or_none(scores.get("home")), int_or_none(scores.get("away")),
+            tuple(p for key, period_name, _ in _PERIODS
+                  if (p := _period(period_name, raw_periods.get(key))) is not None))
+
+
+# The item is flat (`{id, status, league, country, teams, scores, periods, timer, ...}`);
+# the clock is the item's own `timer`, and the events come apart from `/games/events`.
+_SHAPE = v1.GamesShape(
+    sport=SPORT, phases=PHASES, scores=_scores, period_of_code=_PERIOD_OF_CODE.get,
+    number_of_period=MappingProxyType({n: i for _, n, i in _PERIODS}), clock_in="game",
+    events_fetched_apart=True)
 
 
 def normalize_game(item: Mapping[str, Any], observed_at: str) -> Game | None:
@@ -55,38 +62,7 @@ def normalize_game(item: Mapping[str, Any], observed_at: str) -> Game | None:
     `events` is () for a game not started and None otherwise ("not fetched"): `/games`
     carries no event detail, `with_events` adds what `/games/events` returned.
     """
-    game_id = int_or_none(item.get("id"))
-    if game_id is None:
-        warn_once(SPORT, "skipped an item without an id", "id")
-        return None
-    status = obj(item.get("status"))
-    code = text(status.get("short")) or ""
-    scores = obj(item.get("scores"))
-    home, away = int_or_none(scores.get("home")), int_or_none(scores.get("away"))
-    phase = phase_of(SPORT, PHASES, code, scored=home is not None or away is not None)
-    if phase is Phase.SCHEDULED:
-        home = away = None  # the contract: null before the game starts (periods: none)
-    raw_periods = obj(item.get("periods"))
-    periods = tuple(p for key, period_name, _ in _PERIODS
-                    if (p := _period(period_name, raw_periods.get(key))) is not None)
-    league, country = obj(item.get("league")), obj(item.get("country"))
-    teams = obj(item.get("teams"))
-    return Game(
-        id=game_id,
-        sport=SPORT,
-        league=League(id=int_or_none(league.get("id")) or 0, name=name(league.get("name")),
-                      country=text(country.get("name")), season=season(league.get("season"))),
-        start_time=utc_time(item.get("timestamp"), item.get("date")),
-        status=Status(phase=phase, code=code, detail=text(status.get("long")),
-                      clock=text(item.get("timer")),
-                      period=current_period(code, phase, periods, _PERIOD_OF_CODE,
-                                            _NUMBER_OF_PERIOD),
-                      server_time=observed_at),
-        home=team(teams.get("home"), home),
-        away=team(teams.get("away"), away),
-        periods=() if phase is Phase.SCHEDULED else periods,
-        events=() if phase is Phase.SCHEDULED else None,
-    )
+    return v1.normalize_game(_SHAPE, item, observed_at)
 
 
 def _period(period_name: str, value: Any) -> Period | None:
