@@ -241,3 +241,18 @@ async def test_a_game_of_another_sport_is_refused(nodes):
     node = nodes()
     with pytest.raises(ValueError, match="hockey"):
         await node.games.ingest("football", [make_game(sport="hockey")])
+
+
+async def test_the_embedded_store_numbers_changes_too(test_config, runner):
+    """The demo runs on memory:// (fakeredis' Lua): ingest must work there as on Redis."""
+    node = open_store(test_config.replace(redis_url="memory://"), runner, redis_bus=False)
+    try:
+        game = make_game()
+        await node.games.ingest("football", [game])
+        started = await node.games.ingest("football", [live(game, 0, 0, 1)])
+        scored = await node.games.ingest("football", [live(game, 1, 0, 12, events=(goal(11),))])
+        assert [(c.event, c.seq) for c in (*started.changes, *scored.changes)] == \
+            [("game.started", 1), ("game.score", 2), ("game.event", 3)]
+        assert (await node.games.get("football", game.id)).home.score == 1
+    finally:
+        await node.close()

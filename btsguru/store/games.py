@@ -41,7 +41,6 @@ lease makes the pollers the only writers, and their last write is a game's last 
 from __future__ import annotations
 
 import builtins
-import hashlib
 import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
@@ -78,7 +77,8 @@ UTC_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
 EPOCH = datetime(1970, 1, 1)  # naive UTC, as the database stores times
 
 # KEYS: game, seq, live set, new day zset, old day zset, history stream
-# ARGV: expected sha1 ('' = absent), expected seq ('' = absent), game JSON, new seq,
+# ARGV: the stored game as read ('' = absent; compared whole: Lua's redis.sha1hex is
+#   missing from the embedded store's interpreter), expected seq ('' = absent), game JSON, new seq,
 #   game TTL s, seq TTL s, in play, game id, start epoch, has day, had old day, day TTL s,
 #   sport, retention ms, max entries, n events, then 7 per event:
 #   event, channel, league, game, seq, data, pub/sub channel ('' = not published here)
@@ -86,7 +86,7 @@ _INGEST_SCRIPT = APPEND_LUA + """
 local current = redis.call('GET', KEYS[1])
 if ARGV[1] == '' then
   if current then return {0} end
-elseif (not current) or redis.sha1hex(current) ~= ARGV[1] then
+elseif current ~= ARGV[1] then
   return {0}
 end
 if (redis.call('GET', KEYS[2]) or '') ~= ARGV[2] then return {0} end
@@ -285,7 +285,7 @@ class GameStore:
                 self._day_key(sport, old_day or new_day or "none"),
                 history_key(self._keys, sport)]
         args: list[Any] = [
-            hashlib.sha1(plan.old_raw).hexdigest() if plan.old_raw else "",  # noqa: S324 -- a checksum, not security
+            plan.old_raw or "",
             plan.seq_raw or "", orjson.dumps(game_to_json(game)), game.seq, ttl_s,
             ttl_s + SEQ_TTL_S, "1" if game.status.phase.in_play else "0", game.id,
             start or 0, "1" if new_day else "0", "1" if old_day else "0", day_ttl_s,
