@@ -88,6 +88,7 @@ def _print_banner(simulator_url: str, host: str, port: int, key: str) -> None:
         f"  simulated upstream  {simulator_url}  (API-Sports shape; /__sim/stats)",
         f"  console             {base}/console   email {DEMO_EMAIL}  password {DEMO_PASSWORD}",
         f"  API key             {key}",
+        f"  API docs            {base}/docs",
         f"  REST (raw proxy)    curl -H 'X-API-Key: {key}' '{base}/v1/football/raw/fixtures"
         "?live=all'",
         f"  live games          curl -H 'X-API-Key: {key}' {base}/v1/football/live",
