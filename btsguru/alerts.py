@@ -1,7 +1,8 @@
 """The alerter: raises and resolves alerts from state the services already keep.
 
 Where it sits: beside the flow, reading it (quota counters, the pollers' state rows, the
-breaker, the Redis and database probes, this process's metrics) and writing only its
+breaker, the Redis and database probes, this process's metrics, the unusual-access
+counters every process flushes (`auth.watch`)) and writing only its
 own keys. One process of the cluster evaluates at a time — it holds the `alerter` lease
 (`pollers.lease`, the pollers' mechanism) — so an alert is raised once, not once per
 process. Each raise and resolve is:
@@ -33,6 +34,7 @@ import orjson
 from redis.exceptions import RedisError
 
 from btsguru import metrics
+from btsguru.auth.watch import AccessWatch, minute_of
 from btsguru.clock import Clock
 from btsguru.console.ops import AlertRow
 from btsguru.lifecycle import cancel_tasks
@@ -53,6 +55,11 @@ QUOTA_CRITICAL = 0.95
 STALE_CADENCES = 3.0  # data older than three cadences while games are live
 FAILURES_IN_A_ROW = 3  # a poller failing this often in a row (its backoff is then > 1 min)
 DISCONNECT_SPIKE = 100  # abnormal disconnects in one check interval in this process
+# Unusual access, per UTC minute over the cluster (counted by `auth.watch`): a client
+# polling honestly repeats its queries and hits the cache, so this many distinct misses
+# from one key is a cache-busting pattern; this many 401s from one address is guessing.
+CACHE_BUSTING_MISSES = 120
+AUTH_FAILURE_BURST = 30
 WEBHOOK_ATTEMPTS = 4
 WEBHOOK_TIMEOUT_S = 5.0
 PROBE_TIMEOUT_S = 2.0
@@ -210,7 +217,9 @@ class Alerter:
                  breaker_state: Callable[[str], str] | None = None,
                  database_ping: Callable[[], Awaitable[None]] | None = None,
                  webhook: WebhookSender | None = None, leases: Leases | None = None,
-                 interval_s: float = CHECK_INTERVAL_S) -> None:
+                 interval_s: float = CHECK_INTERVAL_S,
+                 cache_busting_misses: int = CACHE_BUSTING_MISSES,
+                 auth_failure_burst: int = AUTH_FAILURE_BURST) -> None:
         self._sports = tuple(sports)
         self._clock = clock
         self._redis = redis
@@ -222,6 +231,9 @@ class Alerter:
         self.store = AlertStore(redis)
         self.leases = leases or Leases(redis, clock)
         self.interval_s = interval_s
+        self.watch = AccessWatch(redis.data, redis.keys, clock)  # reads what processes flush
+        self.cache_busting_misses = cache_busting_misses
+        self.auth_failure_burst = auth_failure_burst
         self._local_firing: dict[str, Alert] = {}  # only while Redis is unreachable
         self._disconnects_seen = _abnormal_disconnects()
         self._task: asyncio.Task[None] | None = None
@@ -286,6 +298,7 @@ class Alerter:
                                 "rollups fail"))
         for sport in self._sports:
             alerts += await self._sport_alerts(sport)
+        alerts += await self._access_alerts()
         now_seen = _abnormal_disconnects()
         spike = now_seen - self._disconnects_seen
         self._disconnects_seen = now_seen
@@ -334,6 +347,36 @@ class Alerter:
             alerts.append(Alert(f"circuit_open:{sport}", "circuit_open", "critical",
                                 f"{sport}: the upstream circuit breaker is "
                                 f"{self._breaker_state(sport)}", sport))
+        return alerts
+
+    async def _access_alerts(self) -> list[Alert]:
+        """Unusual access in the last complete UTC minute, and users past 80% of their
+        tier's daily quota today (one alert per user and day)."""
+        alerts: list[Alert] = []
+        try:
+            counts = await self.watch.minute_counts(minute_of(self._clock.time()) - 1)
+            notices = await self.watch.quota_notices()
+        except (RedisError, OSError) as exc:
+            log.debug("alerter: access counters unavailable: %s", exc)
+            return alerts
+        for field, count in sorted(counts.items()):
+            kind, _, subject = field.partition(":")
+            if kind == "busting" and count >= self.cache_busting_misses:
+                key_id, _, key_prefix = subject.partition(":")
+                alerts.append(Alert(
+                    f"cache_busting:{key_id}", "cache_busting", "warning",
+                    f"key {key_prefix} (id {key_id}): {count} distinct raw-proxy misses in "
+                    "one minute: its queries defeat the cache", f"key {key_id}"))
+            elif kind == "authfail" and count >= self.auth_failure_burst:
+                alerts.append(Alert(
+                    f"auth_failure_burst:{subject}", "auth_failure_burst", "warning",
+                    f"{subject}: {count} failed authentications in one minute", subject))
+        for notice in notices:
+            alerts.append(Alert(
+                f"user_quota_80:{notice.user_id}", "user_quota_80", "warning",
+                f"user {notice.user_id} ({notice.tier} tier): {notice.used} of "
+                f"{notice.quota} requests of the daily quota used today "
+                f"({notice.used / notice.quota:.0%})", f"user {notice.user_id}"))
         return alerts
 
     # -- reporting --

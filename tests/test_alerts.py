@@ -15,6 +15,7 @@ from tornado.httpserver import HTTPServer
 from tornado.netutil import bind_sockets
 
 from btsguru.alerts import Alerter, AlertStore, WebhookSender
+from btsguru.auth.watch import AccessWatch
 from btsguru.clock import FakeClock, SystemClock
 from btsguru.pollers.lease import Leases
 from btsguru.pollers.state import PollerState, PollerStateReader
@@ -198,3 +199,133 @@ async def test_the_ops_console_shows_recent_alerts(tmp_path):
         assert page.status == 200
         assert "quota_day_80: football: 16 of 20 upstream requests used today" in page.text
         assert "No recent alerts." not in page.text
+
+
+# -- unusual access and users nearing their quota (counted by btsguru.auth.watch) --
+
+async def test_cache_busting_and_auth_failure_bursts_raise_then_resolve(world):
+    _config, redis, clock = world
+    watch = AccessWatch(redis.data, redis.keys, clock)
+    async with receiver() as (url, got):
+        alerter = make_alerter(world, sender(url), cache_busting_misses=40,
+                               auth_failure_burst=10)
+        try:
+            for n in range(25):  # key 7: distinct queries, over two flushes
+                watch.raw_miss(7, "bts_buster", f"football/fixtures?[('team', '{n}')]")
+            await watch.flush()
+            for n in range(25, 45):
+                watch.raw_miss(7, "bts_buster", f"football/fixtures?[('team', '{n}')]")
+                watch.raw_miss(7, "bts_buster", "football/fixtures?[('team', '1')]")  # again
+            for _ in range(100):  # key 8: many misses, always the same query
+                watch.raw_miss(8, "bts_honest", "football/leagues?[]")
+            for _ in range(10):
+                watch.auth_failed("203.0.113.9")
+            for _ in range(9):
+                watch.auth_failed("2001:db8::5")
+            await watch.flush()
+            # the minute is not over yet: only complete minutes are judged
+            assert await alerter.check_once() == []
+            clock.advance(60)
+            events = await alerter.check_once()
+            assert sorted((e.status, e.alert.id) for e in events) == [
+                ("firing", "auth_failure_burst:203.0.113.9"), ("firing", "cache_busting:7")]
+            busting = next(e.alert for e in events if e.alert.name == "cache_busting")
+            assert busting.message.startswith("key bts_buster (id 7): 45 distinct raw-proxy")
+            assert sorted(g["id"] for g in got) == ["auth_failure_burst:203.0.113.9",
+                                                    "cache_busting:7"]
+            assert all(g["text"].startswith(":warning: WARNING") for g in got)
+            # the IPv6 address below the threshold, one more failure in the next minute
+            for _ in range(12):
+                watch.auth_failed("2001:db8::5")
+            await watch.flush()
+            clock.advance(60)
+            events = await alerter.check_once()
+            assert sorted((e.status, e.alert.id) for e in events) == [
+                ("firing", "auth_failure_burst:2001:db8::5"),
+                ("resolved", "auth_failure_burst:203.0.113.9"),
+                ("resolved", "cache_busting:7")]
+        finally:
+            await alerter.stop()
+
+
+async def test_a_flush_that_fails_keeps_the_counts(world):
+    import redis.asyncio as aioredis
+    from redis.exceptions import ConnectionError as RedisConnectionError
+
+    _config, redis, clock = world
+    dead = aioredis.Redis(host="127.0.0.1", port=9, socket_connect_timeout=1)
+    try:
+        watch = AccessWatch(dead, redis.keys, clock)
+        watch.auth_failed("198.51.100.1")
+        watch.quota_used(5, "free", 9, 10)
+        with pytest.raises(RedisConnectionError):
+            await watch.flush()
+        # kept for the next flush: the same counts reach the live Redis
+        watch._redis = redis.data
+        await watch.flush()
+        clock.advance(60)
+        alerter = make_alerter(world, None, auth_failure_burst=1)
+        events = await alerter.check_once()
+        assert sorted(e.alert.id for e in events) == ["auth_failure_burst:198.51.100.1",
+                                                      "user_quota_80:5"]
+    finally:
+        await dead.aclose()
+
+
+async def test_a_user_nearing_the_daily_quota_shows_and_alerts(tmp_path):
+    from tests.console_fixtures import console_app
+    from tests.test_console import v1_usage
+
+    async with receiver() as (url, got), console_app(
+            tmp_path, BTSGURU_SPORTS="football", ALERT_WEBHOOK_URL=url) as c:
+        await c.services.tiers.update("free", daily_quota=10)
+        client = c.client()
+        assert (await client.signup("near@example.com")).status == 200
+        _page, secret = await client.create_key("app")
+        for _ in range(7):
+            assert await v1_usage(c, secret) == 200
+        await c.services.access.watch.flush()
+        page = await client.get("/console/usage")
+        assert 'id="quota-notice"' not in page.text  # 7 of 10: not yet
+        assert await c.services.alerts.check_once() == []
+        assert await v1_usage(c, secret) == 200  # the 8th: 80%
+        await c.services.access.watch.flush()
+        page = await client.get("/console/usage")
+        assert "You have used 8 of your 10 requests today (80%)" in page.text
+        events = await c.services.alerts.check_once()
+        user_id = (await c.services.users.get_by_email("near@example.com")).id
+        assert [(e.status, e.alert.id) for e in events] == [
+            ("firing", f"user_quota_80:{user_id}")]
+        assert got[0]["text"] == (f":warning: WARNING user_quota_80: user {user_id} (free "
+                                  "tier): 8 of 10 requests of the daily quota used today (80%)")
+        assert await v1_usage(c, secret) == 200
+        await c.services.access.watch.flush()
+        assert await c.services.alerts.check_once() == []  # still firing: not sent again
+        assert len(got) == 1
+
+
+async def test_the_handlers_count_raw_misses_and_failed_keys(tmp_path):
+    from btsguru.auth.watch import minute_of
+    from tests.test_raw_proxy import relay
+
+    async with relay(tmp_path) as r:
+        for league in ("39", "61", "78"):  # three distinct misses, then hits
+            status, headers, _ = await r.get("/v1/football/raw/fixtures", league=league,
+                                             date="2026-01-10")
+            assert (status, headers["X-Cache"]) == (200, "MISS")
+            status, headers, _ = await r.get("/v1/football/raw/fixtures", league=league,
+                                             date="2026-01-10")
+            assert (status, headers["X-Cache"]) == (200, "HIT")
+        for _ in range(2):
+            status, _h, _b = await r.get("/v1/football/raw/leagues", key="bts_wrong_key")
+            assert status == 401
+        access = r.services.access
+        await access.watch.flush()
+        now = minute_of(r.services.clock.time())
+        counts: dict[str, int] = {}
+        for minute in (now - 1, now):  # the requests may straddle a minute's end
+            for name, count in (await access.watch.minute_counts(minute)).items():
+                counts[name] = counts.get(name, 0) + count
+        busting = {k: v for k, v in counts.items() if k.startswith("busting:")}
+        assert list(busting.values()) == [3]
+        assert counts["authfail:127.0.0.1"] == 2

@@ -40,6 +40,7 @@ from btsguru.auth.keys import AuthenticatedKey, KeyService, hash_key
 from btsguru.auth.ratelimit import RateDecision, RateLimiter, RatePolicy
 from btsguru.auth.tiers import TierLimits, TierService
 from btsguru.auth.usage import FLUSH_INTERVAL_S, ROLLUP_INTERVAL_S, DayUsage, UsageService
+from btsguru.auth.watch import AccessWatch
 from btsguru.clock import Clock
 from btsguru.config import Config
 from btsguru.db.runner import DatabaseRunner
@@ -106,6 +107,7 @@ class AccessService:
         self._max_cached = max_cached_keys
         self.limiter = RateLimiter(redis.data, redis.keys, clock)
         self.usage = UsageService(redis.data, redis.keys, runner, clock)
+        self.watch = AccessWatch(redis.data, redis.keys, clock)  # for the alerter
         self.invalidation_channel = redis.keys.channel("auth", "invalidate")
         # key hash -> (expires at, monotonic; principal)
         self._principals: OrderedDict[str, tuple[float, Principal]] = OrderedDict()
@@ -152,7 +154,10 @@ class AccessService:
 
     async def limit(self, principal: Principal, cost: int = 1) -> RateDecision:
         """Spend from the user's bucket and daily quota (see `RateLimiter.check`)."""
-        return await self.limiter.check(principal.user_id, principal.policy, cost)
+        decision = await self.limiter.check(principal.user_id, principal.policy, cost)
+        self.watch.quota_used(principal.user_id, principal.tier.name, decision.daily_used,
+                              principal.tier.daily_quota)
+        return decision
 
     def record(self, principal: Principal, kind: str, *, cache_hit: bool = False) -> None:
         """Count one request or stream connection (no I/O)."""
@@ -352,6 +357,7 @@ class AccessService:
 
     async def _flush(self) -> None:
         await self.usage.flush()
+        await self.watch.flush()
 
     async def _touch_last_used(self) -> None:
         ids, self._used_key_ids = self._used_key_ids, set()

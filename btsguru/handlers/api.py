@@ -22,7 +22,7 @@ from btsguru import metrics
 from btsguru.auth.access import AccessService, Principal
 from btsguru.auth.ratelimit import RateDecision
 from btsguru.db.models import ROUTE_KINDS
-from btsguru.errors import BadRequest
+from btsguru.errors import BadRequest, Unauthorized
 from btsguru.handlers.base import JsonHandler
 
 USAGE_DEFAULT_DAYS = 30  # the contract: today and the last 30 days
@@ -45,7 +45,11 @@ class ApiHandler(JsonHandler):
         self._admitted = False
 
     async def prepare(self) -> None:
-        principal = await self.access.authenticate(self.api_key())
+        try:
+            principal = await self.access.authenticate(self.api_key())
+        except Unauthorized:
+            self.access.watch.auth_failed(self.request.remote_ip or "unknown")
+            raise
         self.principal = principal
         self.access.authorize(principal, self.required_scope, raw=self.requires_raw)
         self.rate = await self.access.limit(principal)

@@ -41,6 +41,10 @@ class RawHandler(ApiHandler):
         params = normalize_params(found, query)
         answer = await self.proxy.get(sport, found, params)
         self.cache_hit = answer.state is not CacheState.MISS
+        if not self.cache_hit and self.principal is not None:
+            # counted for the alerter's cache-busting check (in-process, no I/O)
+            self.access.watch.raw_miss(self.principal.key_id, self.principal.key_prefix,
+                                       f"{sport}/{endpoint}?{sorted(params.items())}")
         self.set_header("X-Cache", answer.state.value)
         self.set_header("Age", str(answer.age_s))
         self.set_header("Cache-Control", f"max-age={answer.max_age_s}")
