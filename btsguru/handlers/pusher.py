@@ -16,15 +16,24 @@ pusher-js and Laravel Echo clients can use btsguru as their Reverb server.
   it was authorized for (the tier's `max_streams`). Over either: `pusher:error` 4100 and
   close 4100, so clients retry after a second.
 - Resume: the last event written on a user's private/presence game channel is remembered
-  per user and channel; resubscribing after a reconnect replays what was missed from the
-  history (or sends `game.snapshot` when the window has passed).
-- Keepalive: `pusher:ping` is answered; the server also pings with WebSocket control
-  frames every `ACTIVITY_TIMEOUT_S` and drops a peer that does not answer (Tornado's
-  `ping_timeout`), which counts any frame as activity.
+  per user and channel in Redis (written as events are delivered, batched every
+  `store.pusher.POSITION_FLUSH_S`, and on unsubscribe or close), so a client that drops
+  and reconnects to any process, even after this one crashed, gets what it missed from
+  the history (or `game.snapshot` when the window has passed). After a crash the saved
+  position lags by at most `POSITION_FLUSH_S`: the client may see up to that much again
+  (same `seq`), never a gap.
+- Keepalive (PUSHER.md section 3): `pusher:ping` is answered with `pusher:pong`. Any
+  incoming frame (WebSocket ping/pong control frames included) is activity; after
+  `activity_timeout` of silence the server sends `pusher:ping`, and when nothing arrives
+  within the pong timeout it sends error 4201 and closes with 4201 (the client
+  reconnects at once). The Tornado settings `pusher_activity_timeout` and
+  `pusher_pong_timeout` (seconds) override the protocol defaults.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hashlib
 import logging
 import time
@@ -59,6 +68,7 @@ from btsguru.realtime.pusher_protocol import (
     EVENT_DATA_MAX_BYTES,
     EVENT_NAME_MAX_LENGTH,
     OVER_CAPACITY,
+    PONG_NOT_RECEIVED,
     PONG_TIMEOUT_S,
     PRESENCE_MAX_MEMBERS,
     RECONNECT,
@@ -83,6 +93,7 @@ from btsguru.realtime.pusher_protocol import (
     verify_auth,
 )
 from btsguru.store.bus import BusEvent
+from btsguru.store.history import parse_stream_id
 from btsguru.store.pusher import PusherState
 
 log = logging.getLogger(__name__)
@@ -121,6 +132,10 @@ class PusherSub:
     user_id: int | None  # the user a private/presence game channel was authorized for
     member: Member | None
     client_events: bool
+    sport: str | None = None  # of the game channel: its key in `Connection.positions`
+    # events up to this history position were already written under this name (a second
+    # name of a game channel resubscribed the hub channel to replay for itself)
+    floor: tuple[int, int] | None = None
     ready: bool = False  # subscription_succeeded sent: app-bus messages may follow
     held: list[bytes] = field(default_factory=list)
 
@@ -138,6 +153,17 @@ class PusherConnection(Connection):
         self.user_slots: set[int] = set()
         self.client_bucket = TokenBucket(CLIENT_EVENTS_PER_S, CLIENT_EVENTS_PER_S)
         self.listeners: dict[str, Any] = {}
+
+    def resume_positions(self) -> dict[tuple[int, str], str]:
+        """(user, Pusher channel) -> the last event id written, for the private/presence
+        game channels of this connection (`PusherState` saves them in batches)."""
+        out = {}
+        for sub in self.channels.values():
+            if sub.user_id is not None and sub.game is not None:
+                position = self.positions.get(sub.sport or "")
+                if position is not None:
+                    out[(sub.user_id, sub.name)] = position
+        return out
 
     def _stream(self) -> Any:
         protocol = self.handler.ws_connection
@@ -162,7 +188,15 @@ class PusherConnection(Connection):
         if data is None:
             data = shared["pusher-data"] = event_data_string(event.data_json)
         parts = []
+        pos = None
         for name in sorted(self.aliases.get(sub_name, ())):
+            floor = self.channels[name].floor if name in self.channels else None
+            if floor is not None:
+                if pos is None:
+                    with contextlib.suppress(ValueError):  # a snapshot's: not a position
+                        pos = parse_stream_id(event.id)
+                if pos is not None and pos <= floor:
+                    continue
             key = ("pusher", name)
             wire = shared.get(key)
             if wire is None:
@@ -214,18 +248,64 @@ class PusherHandler(tornado.websocket.WebSocketHandler):
         self.state = state
         self.config = config
         self.conn: PusherConnection | None = None
+        self._heard_at = time.monotonic()
+        self._pinged_at: float | None = None
+        self._keepalive: asyncio.TimerHandle | None = None
 
     @property
     def max_message_size(self) -> int:
         return MAX_CLIENT_FRAME_BYTES
 
     @property
-    def ping_interval(self) -> float:
-        return float(self.settings.get("pusher_ping_interval", ACTIVITY_TIMEOUT_S))
+    def ping_interval(self) -> float | None:
+        return None  # no control-frame pings: `pusher:ping` below, which closes with 4201
 
     @property
-    def ping_timeout(self) -> float:
-        return float(self.settings.get("pusher_ping_timeout", PONG_TIMEOUT_S))
+    def activity_timeout_s(self) -> float:
+        return float(self.settings.get("pusher_activity_timeout", ACTIVITY_TIMEOUT_S))
+
+    @property
+    def pong_timeout_s(self) -> float:
+        return float(self.settings.get("pusher_pong_timeout", PONG_TIMEOUT_S))
+
+    # -- keepalive --
+
+    def _heard(self) -> None:
+        self._heard_at = time.monotonic()  # the timer looks at it lazily: no rescheduling
+
+    def on_ping(self, data: bytes) -> None:
+        self._heard()
+
+    def on_pong(self, data: bytes) -> None:
+        self._heard()
+
+    def _keepalive_in(self, delay_s: float) -> None:
+        self._keepalive = asyncio.get_running_loop().call_later(
+            max(0.01, delay_s), self._check_keepalive)
+
+    def _check_keepalive(self) -> None:
+        self._keepalive = None
+        conn = self.conn
+        if conn is None or conn.closed:
+            return
+        now = time.monotonic()
+        pinged_at = self._pinged_at
+        if pinged_at is not None and self._heard_at < pinged_at:
+            if now - pinged_at >= self.pong_timeout_s:
+                log.debug("pusher: %s sent no pong; closing 4201", conn.socket_id)
+                conn.send(error_frame(PONG_NOT_RECEIVED, "Pong reply not received"))
+                conn.close(PONG_NOT_RECEIVED, "Pong reply not received")
+                return
+            self._keepalive_in(pinged_at + self.pong_timeout_s - now)
+            return
+        self._pinged_at = None
+        silent_s = now - self._heard_at
+        if silent_s >= self.activity_timeout_s:
+            self._pinged_at = now
+            conn.send(frame("pusher:ping", {}, data_is_json_string=False))
+            self._keepalive_in(self.pong_timeout_s)
+        else:
+            self._keepalive_in(self.activity_timeout_s - silent_s)
 
     def get_compression_options(self) -> None:
         return None  # frames are shared between connections, so sent uncompressed
@@ -260,10 +340,15 @@ class PusherHandler(tornado.websocket.WebSocketHandler):
         if self.ws_connection is None:  # gone while we were admitting it
             self.on_close()
             return
+        # a whole number of seconds, as clients require
         conn.send(frame("pusher:connection_established",
-                        {"socket_id": conn.socket_id, "activity_timeout": ACTIVITY_TIMEOUT_S}))
+                        {"socket_id": conn.socket_id,
+                         "activity_timeout": max(1, round(self.activity_timeout_s))}))
+        self._heard()
+        self._keepalive_in(self.activity_timeout_s)
 
     async def on_message(self, message: str | bytes) -> None:
+        self._heard()
         conn = self.conn
         if conn is None or conn.closed:
             return
@@ -321,7 +406,8 @@ class PusherHandler(tornado.websocket.WebSocketHandler):
             if user_id is not None and member.user_id != str(user_id):
                 conn.send(subscription_error(name, "channel_data is not this user's", 403))
                 return
-        sub = PusherSub(name, game, user_id, member, client_events)
+        sub = PusherSub(name, game, user_id, member, client_events,
+                        channel.sport if channel is not None else None)
         if not await self._attach(conn, sub):
             return
         if channel is None or game is None:
@@ -329,11 +415,7 @@ class PusherHandler(tornado.websocket.WebSocketHandler):
             conn.mark_ready(sub)
             return
         success = await self._success(sub)
-        cursor = None
-        if user_id is not None:
-            position = await self.state.position(user_id, name)
-            if position is not None:
-                cursor = Cursor({channel.sport: position})
+        cursor = await self._resume_cursor(conn, sub, channel) if user_id is not None else None
         conn.pending.setdefault(game, []).append((name, success))
         conn.aliases.setdefault(game, set()).add(name)
         try:
@@ -342,6 +424,34 @@ class PusherHandler(tornado.websocket.WebSocketHandler):
             conn.pending.pop(game, None)
             await self._unsubscribe(conn, name)
             conn.send(subscription_error(name, exc.message, exc.status, "LimitReached"))
+
+    async def _resume_cursor(self, conn: PusherConnection, sub: PusherSub,
+                             channel: Channel) -> Cursor | None:
+        """Where the hub subscription of `sub`'s game channel must start so that `sub`
+        gets what its user missed. When another name of this connection already holds
+        that hub subscription (pusher-js resubscribes `private-` and `presence-` forms one
+        after the other), the hub channel is subscribed again from the older position;
+        the names that had the newer events skip them (`floor`)."""
+        assert sub.user_id is not None and sub.game is not None
+        position = await self.state.position(sub.user_id, sub.name)
+        if position is None:
+            return None
+        others = [conn.channels[name] for name in conn.aliases.get(sub.game, ())
+                  if name in conn.channels]
+        delivered = conn.positions.get(channel.sport)
+        if others and delivered is not None:
+            try:
+                mine, theirs = parse_stream_id(position), parse_stream_id(delivered)
+            except ValueError:
+                return None
+            if mine >= theirs:
+                return None  # nothing this name missed that the others have not had
+            for other in others:
+                other.floor = max(other.floor or theirs, theirs)
+            await self.hub.unsubscribe(conn, [sub.game])
+        elif others:
+            return None  # the others are not past a snapshot: resubscribing would repeat it
+        return Cursor({channel.sport: position})
 
     def _signed(self, conn: PusherConnection, req: SubscribeRequest) -> bool:
         channel_data = req.channel_data if is_presence(req.channel) else None
@@ -406,6 +516,8 @@ class PusherHandler(tornado.websocket.WebSocketHandler):
 
         conn.listeners[name] = listener
         self.state.add_listener(name, listener)
+        if sub.user_id is not None:
+            self.state.track_positions(conn.resume_positions)
         await self.state.count(name, 1)
         return True
 
@@ -479,10 +591,14 @@ class PusherHandler(tornado.websocket.WebSocketHandler):
         if conn is None:
             return
         self.conn = None
+        if self._keepalive is not None:
+            self._keepalive.cancel()
+            self._keepalive = None
         self.hub.unregister(conn)
         self.state.spawn(self._cleanup(conn), f"cleanup of pusher socket {conn.socket_id}")
 
     async def _cleanup(self, conn: PusherConnection) -> None:
+        self.state.untrack_positions(conn.resume_positions)
         for sub in list(conn.channels.values()):
             await self._detach(conn, sub)
         conn.channels.clear()

@@ -19,8 +19,10 @@ hub like on every transport; what is Pusher's own lives here:
 - Channel occupancy for the HTTP API: per process a hash channel -> local subscribers,
   summed over live processes.
 - Authorization grants of `/v1/realtime/auth` (socket id + channel -> the user), the
-  last event id delivered per user and channel (resume after a reconnect), and publish
-  idempotency keys.
+  last event id delivered per user and channel (resume after a reconnect, on any
+  process), and publish idempotency keys. Positions are written in batches every
+  `POSITION_FLUSH_S` from the connections' own bookkeeping (only the ones that moved),
+  so they survive a crash of this process lagging by at most that much.
 """
 
 from __future__ import annotations
@@ -51,10 +53,13 @@ GRANT_TTL_S = 300  # a client subscribes right after its auth request; generous 
 POSITION_TTL_S = 15 * 60  # the history's retention: an older position cannot be replayed
 IDEMPOTENCY_TTL_S = 300
 READ_TIMEOUT_S = 1.0
+POSITION_FLUSH_S = 1.0  # how far a saved resume position may lag after a crash
 
 # An app-channel message: {"event", "channel", "data" (the frame's data), "except"
 # (a socket id that must not get it), "user_id" (client events on presence channels)}.
 AppCallback = Callable[[dict[str, Any]], None]
+# A connection's resume positions: (user id, Pusher channel) -> last event id written.
+PositionSource = Callable[[], dict[tuple[int, str], str]]
 
 _JOIN = """
 local n = redis.call('HINCRBY', KEYS[1], ARGV[1], 1)
@@ -124,6 +129,8 @@ class PusherState:
         self._subscribers: dict[str, set[AppCallback]] = {}
         self.local_counts: Counter[str] = Counter()  # channel -> subscribers here
         self.local_presence: Counter[tuple[str, str]] = Counter()  # (channel, user) -> sockets
+        self._position_sources: set[PositionSource] = set()
+        self._saved_positions: dict[tuple[int, str], str] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self._cleanups: set[asyncio.Task[None]] = set()
         self.listening = asyncio.Event()
@@ -148,7 +155,9 @@ class PusherState:
         if not self._tasks:
             self._tasks = [asyncio.create_task(self._listen(), name="btsguru-pusher-bus"),
                            asyncio.create_task(self._heartbeat_forever(),
-                                               name="btsguru-pusher-heartbeat")]
+                                               name="btsguru-pusher-heartbeat"),
+                           asyncio.create_task(self._save_positions_forever(),
+                                               name="btsguru-pusher-positions")]
 
     def spawn(self, coro: Any, name: str) -> None:
         """Run a connection's cleanup after its socket is gone, holding the task."""
@@ -357,6 +366,44 @@ class PusherState:
                 pipe.set(self._keys.key("pusher", "pos", user_id, channel), id,
                          ex=POSITION_TTL_S)
             await pipe.execute()
+
+    def track_positions(self, source: PositionSource) -> None:
+        """Save `source`'s positions every `POSITION_FLUSH_S` until `untrack_positions`."""
+        self._position_sources.add(source)
+
+    def untrack_positions(self, source: PositionSource) -> None:
+        self._position_sources.discard(source)
+
+    async def flush_positions(self) -> int:
+        """Write the tracked positions that moved since the last flush; how many."""
+        current: dict[tuple[int, str], str] = {}
+        for source in tuple(self._position_sources):
+            current.update(source())
+        moved = {key: id for key, id in current.items()
+                 if self._saved_positions.get(key) != id}
+        if moved:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for (user_id, channel), id in moved.items():
+                    pipe.set(self._keys.key("pusher", "pos", user_id, channel), id,
+                             ex=POSITION_TTL_S)
+                await pipe.execute()
+        self._saved_positions = current  # forgets connections that are gone
+        return len(moved)
+
+    async def _save_positions_forever(self) -> None:
+        failures = 0
+        backoff = Backoff(1.0, 10.0)
+        while True:
+            await asyncio.sleep(POSITION_FLUSH_S if not failures else backoff.compute(failures))
+            try:
+                await self.flush_positions()
+                failures = 0
+            except asyncio.CancelledError:
+                raise
+            except (RedisError, OSError) as exc:
+                failures += 1
+                log.warning("pusher: saving resume positions failed (%d in a row): %s",
+                            failures, exc)
 
     async def position(self, user_id: int, channel: str) -> str | None:
         raw = await self._redis.get(self._keys.key("pusher", "pos", user_id, channel))
