@@ -8,17 +8,14 @@ channel name and maps `sports.*`, `private-sports.*` and `presence-sports.*` ont
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
 from btsguru.errors import BadRequest
-
-# Ids as the upstream issues them: positive integers, well inside 64 bits.
-_ID = r"[1-9][0-9]{0,17}"
-_GAME_CHANNEL = re.compile(rf"^sports\.([a-z][a-z-]{{1,30}})(?:\.({_ID})(?:\.({_ID}))?)?$")
+from btsguru.store import bus
 
 CHANNEL_MAX_LENGTH = 164  # Pusher's limit on channel names
+ID_MAX = 10**18  # ids as the upstream issues them: positive integers well inside 64 bits
 
 
 class InvalidChannel(BadRequest):
@@ -49,29 +46,35 @@ class Channel:
 
     def covers(self, sport: str, league_id: int, game_id: int) -> bool:
         """Whether an event of that game belongs to this channel."""
-        return (self.sport == sport
-                and (self.league_id is None or self.league_id == league_id)
-                and (self.game_id is None or self.game_id == game_id))
+        return bus.covers(self.name, bus.game_channel(sport, league_id, game_id))
 
     def __str__(self) -> str:
         return self.name
 
 
 def parse_channel(name: str, sports: Iterable[str]) -> Channel:
-    """Validate a game channel name against the relayed sports, or raise `InvalidChannel`."""
+    """Validate a game channel name from a client against the relayed sports, or raise
+    `InvalidChannel`. The grammar is the bus's (`store.bus.parse_channel`); a client's
+    name must also be canonical (no leading zeros), with positive ids."""
     if len(name) > CHANNEL_MAX_LENGTH:
         raise InvalidChannel(f"channel name longer than {CHANNEL_MAX_LENGTH} characters")
-    match = _GAME_CHANNEL.fullmatch(name)
-    if match is None:
+    try:
+        sport, league, game = bus.parse_channel(name)
+    except ValueError:
         raise InvalidChannel(f"invalid channel {name[:80]!r}: expected sports.SPORT, "
-                             "sports.SPORT.LEAGUE_ID or sports.SPORT.LEAGUE_ID.GAME_ID")
-    sport, league, game = match.groups()
+                             "sports.SPORT.LEAGUE_ID or sports.SPORT.LEAGUE_ID.GAME_ID") from None
+    channel = Channel(sport, league, game)
+    ids = [i for i in (league, game) if i is not None]
+    if channel.name != name or any(not 0 < i < ID_MAX for i in ids):
+        raise InvalidChannel(f"invalid channel {name[:80]!r}: ids are positive integers "
+                             "written without leading zeros")
     if sport not in set(sports):
         raise InvalidChannel(f"invalid channel {name!r}: unknown sport {sport!r}")
-    return Channel(sport, int(league) if league else None, int(game) if game else None)
+    return channel
 
 
 def game_channels(sport: str, league_id: int, game_id: int) -> tuple[str, str, str]:
     """The names under which an event of that game is delivered, most specific first."""
-    league = f"sports.{sport}.{league_id}"
-    return (f"{league}.{game_id}", league, f"sports.{sport}")
+    game = bus.game_channel(sport, league_id, game_id)
+    league = game.rsplit(".", 1)[0]
+    return (game, league, league.rsplit(".", 1)[0])
