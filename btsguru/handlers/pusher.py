@@ -48,12 +48,12 @@ from btsguru.auth.access import Principal
 from btsguru.auth.tiers import TierLimits
 from btsguru.config import Config
 from btsguru.errors import BtsguruError
+from btsguru.handlers.ws import CLOSE_REASON_BYTES, WebSocketConnection
 from btsguru.realtime.channels import Channel, InvalidChannel, parse_channel
 from btsguru.realtime.connection import (
     CLOSE_RESTARTING,
     CLOSE_TOO_SLOW,
     MAX_QUEUE_BYTES,
-    Connection,
     EventFacts,
     TokenBucket,
 )
@@ -101,7 +101,6 @@ log = logging.getLogger(__name__)
 MAX_CLIENT_FRAME_BYTES = 64 * 1024
 PUBLIC_MAX_SUBSCRIPTIONS = 200  # per connection; a Laravel page rarely uses more than a few
 PUBLIC_MESSAGES_PER_S = 20  # subscribes, pings and client events together, per connection
-CLOSE_REASON_BYTES = 120
 # The native transport's close codes mean "give up" to a Pusher client (4001-4099);
 # these become Pusher's "reconnect now".
 _RECONNECT_CODES = {CLOSE_TOO_SLOW, CLOSE_RESTARTING}
@@ -140,8 +139,9 @@ class PusherSub:
     held: list[bytes] = field(default_factory=list)
 
 
-class PusherConnection(Connection):
+class PusherConnection(WebSocketConnection):
     kind = "pusher"
+    handler: PusherHandler
 
     def __init__(self, handler: PusherHandler, principal: Principal, socket_id: str) -> None:
         super().__init__(principal)
@@ -165,22 +165,9 @@ class PusherConnection(Connection):
                     out[(sub.user_id, sub.name)] = position
         return out
 
-    def _stream(self) -> Any:
-        protocol = self.handler.ws_connection
-        if protocol is None or protocol.stream is None:
-            raise tornado.websocket.WebSocketClosedError()
-        return protocol.stream
-
-    def _transport_write(self, data: bytes) -> Any:
-        return self._stream().write(data)
-
-    def _transport_pending(self) -> bool:
-        return bool(self._stream().writing())
-
     def _transport_close(self, code: int, reason: str) -> None:
-        if code in _RECONNECT_CODES:
-            code = RECONNECT
-        self.handler.close(code, reason.encode()[:CLOSE_REASON_BYTES].decode(errors="ignore"))
+        # the hub's close codes, in the Pusher meaning that makes clients come back
+        super()._transport_close(RECONNECT if code in _RECONNECT_CODES else code, reason)
 
     def render(self, sub_name: str, event: BusEvent, facts: EventFacts,
                shared: dict[Any, bytes]) -> bytes:

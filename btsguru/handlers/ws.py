@@ -47,14 +47,11 @@ MAX_CHANNELS_PER_MESSAGE = 1000
 CLOSE_REASON_BYTES = 120  # a close frame's reason must fit in 123 bytes
 
 
-class WsConnection(Connection):
-    kind = "ws"
+class WebSocketConnection(Connection):
+    """A connection whose pre-built frames go straight to a Tornado WebSocket's stream:
+    the native and the Pusher transports share this and differ in `render`."""
 
-    def __init__(self, handler: WebSocketHandler, principal: Principal,
-                 deflate_wbits: int) -> None:
-        super().__init__(principal)
-        self.handler = handler
-        self.deflate_wbits = deflate_wbits
+    handler: tornado.websocket.WebSocketHandler
 
     def _stream(self) -> Any:
         protocol = self.handler.ws_connection
@@ -70,6 +67,16 @@ class WsConnection(Connection):
 
     def _transport_close(self, code: int, reason: str) -> None:
         self.handler.close(code, reason.encode()[:CLOSE_REASON_BYTES].decode(errors="ignore"))
+
+
+class WsConnection(WebSocketConnection):
+    kind = "ws"
+
+    def __init__(self, handler: WebSocketHandler, principal: Principal,
+                 deflate_wbits: int) -> None:
+        super().__init__(principal)
+        self.handler = handler
+        self.deflate_wbits = deflate_wbits
 
     def render(self, sub_name: str, event: BusEvent, facts: EventFacts,
                shared: dict[Any, bytes]) -> bytes:
