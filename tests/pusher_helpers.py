@@ -6,8 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlencode
 
@@ -15,14 +14,15 @@ import aiohttp
 import tornado.websocket
 
 from btsguru.realtime.pusher_protocol import body_md5, http_signature
-from tests.realtime_helpers import TIMEOUT_S, Relay
+from tests.realtime_helpers import TIMEOUT_S, Relay, WsClient
 
 
 @dataclass
-class PusherClient:
-    conn: tornado.websocket.WebSocketClientConnection
+class PusherClient(WsClient):
+    """A raw Pusher client: the native client's reading (recv, recv_until, closed) with
+    Pusher's connect, send and subscribe."""
+
     socket_id: str = ""
-    received: list[dict[str, Any]] = field(default_factory=list)
 
     @classmethod
     async def connect(cls, r: Relay, key: str | None = None, query: str = "protocol=7&client=js"
@@ -46,37 +46,10 @@ class PusherClient:
     async def send_raw(self, text: str) -> None:
         await self.conn.write_message(text)
 
-    async def recv(self, timeout_s: float = TIMEOUT_S) -> dict[str, Any] | None:
-        raw = await asyncio.wait_for(self.conn.read_message(), timeout_s)
-        if raw is None:
-            self.conn.close()  # closed by the server: release the client side too
-            return None
-        message = json.loads(raw)
-        self.received.append(message)
-        return message
-
-    async def recv_until(self, done: Callable[[dict[str, Any]], bool],
-                         timeout_s: float = TIMEOUT_S) -> list[dict[str, Any]]:
-        out = []
-        deadline = time.monotonic() + timeout_s
-        while True:
-            message = await self.recv(max(0.01, deadline - time.monotonic()))
-            if message is None:
-                raise AssertionError(f"closed ({self.conn.close_code}) first; got {out}")
-            out.append(message)
-            if done(message):
-                return out
-
     async def expect(self, event: str, channel: str | None = None) -> dict[str, Any]:
         got = await self.recv_until(lambda m: m.get("event") == event and
                                     (channel is None or m.get("channel") == channel))
         return got[-1]
-
-    async def closed(self, timeout_s: float = TIMEOUT_S) -> int | None:
-        deadline = time.monotonic() + timeout_s
-        while await self.recv(max(0.01, deadline - time.monotonic())) is not None:
-            pass
-        return self.conn.close_code
 
     async def subscribe(self, channel: str, auth: str = "", channel_data: str | None = None,
                         ) -> None:
