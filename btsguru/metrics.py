@@ -25,7 +25,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client import (
@@ -36,6 +36,7 @@ from prometheus_client import (
     ProcessCollector,
     generate_latest,
 )
+from prometheus_client.core import CounterMetricFamily
 
 if TYPE_CHECKING:
     from btsguru.app import Services
@@ -124,12 +125,40 @@ SEND_QUEUE_FRAMES = Gauge(
 SEND_QUEUE_BYTES = Gauge(
     "btsguru_send_queue_bytes", "Bytes waiting in connections' send queues.",
     ["transport"], registry=REGISTRY)
-MESSAGES_SENT = Counter(
-    "btsguru_stream_messages_sent_total", "Frames written to clients.", ["transport"],
-    registry=REGISTRY)
-BYTES_SENT = Counter(
-    "btsguru_stream_bytes_sent_total", "Bytes written to clients (before compression).",
-    ["transport"], registry=REGISTRY)
+
+
+class SentTally:
+    """Frames and bytes written to clients, per transport. The fan-out counts one write
+    per subscriber per event, so these are plain integers (a `Counter`'s lock would cost
+    a good part of the write's own bookkeeping), exposed as counters at scrape."""
+
+    def __init__(self) -> None:
+        self.messages: dict[str, int] = {}
+        self.bytes: dict[str, int] = {}
+
+    def add(self, transport: str, messages: int, size: int) -> None:
+        self.messages[transport] = self.messages.get(transport, 0) + messages
+        self.bytes[transport] = self.bytes.get(transport, 0) + size
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        messages = CounterMetricFamily("btsguru_stream_messages_sent",
+                                       "Frames written to clients.", labels=["transport"])
+        size = CounterMetricFamily("btsguru_stream_bytes_sent",
+                                   "Bytes written to clients (after compression).",
+                                   labels=["transport"])
+        for transport, value in sorted(self.messages.items()):
+            messages.add_metric([transport], value)
+        for transport, value in sorted(self.bytes.items()):
+            size.add_metric([transport], value)
+        yield messages
+        yield size
+
+    def describe(self) -> Iterator[CounterMetricFamily]:
+        return iter(())
+
+
+SENT = SentTally()
+REGISTRY.register(SENT)
 FANOUT_DURATION = Histogram(
     "btsguru_fanout_duration_seconds", "Time to hand one bus event to every subscriber of "
     "a channel in this process.", buckets=_FANOUT_BUCKETS_S, registry=REGISTRY)

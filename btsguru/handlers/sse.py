@@ -32,10 +32,11 @@ from btsguru.auth.access import AccessService, Principal
 from btsguru.errors import BadRequest, BtsguruError
 from btsguru.handlers.api import ApiHandler
 from btsguru.realtime.channels import parse_channel
-from btsguru.realtime.connection import CLOSE_TOO_SLOW, Connection, EventFacts, _Queued
+from btsguru.realtime.connection import CLOSE_TOO_SLOW, Connection, EventFacts
 from btsguru.realtime.cursor import Cursor, InvalidCursor, encode_cursor, parse_cursor
 from btsguru.realtime.frames import sse_event, sse_id_line
 from btsguru.realtime.hub import Hub
+from btsguru.realtime.sockets import chunk, send_now
 from btsguru.store.bus import BusEvent
 
 log = logging.getLogger(__name__)
@@ -67,7 +68,14 @@ class SseConnection(Connection):
         return connection
 
     def _transport_write(self, data: bytes) -> Any:
-        return self._connection().write(data)
+        if not data:
+            return None  # an empty chunk would end the response
+        connection = self._connection()
+        # the response's headers are out (the `retry:` line was flushed before the hub
+        # writes anything), so the body's framing is ours to apply: chunked on HTTP/1.1
+        if connection._chunking_output:
+            data = chunk(data)
+        return send_now(connection.stream, data)
 
     def _transport_pending(self) -> bool:
         return bool(self._connection().stream.writing())
@@ -92,12 +100,12 @@ class SseConnection(Connection):
             frame = shared[key] = sse_event(event.event, sub_name, event.data_json, id_line)
         return frame
 
-    def prepare(self, item: _Queued) -> bytes:
-        if self.multi_sport and item.id is not None and item.sport is not None:
+    def prepare(self, frame: bytes, sport: str | None, id: str | None) -> bytes:
+        if self.multi_sport and id is not None and sport is not None:
             positions = dict(self.positions)
-            positions[item.sport] = item.id
-            return sse_id_line(encode_cursor(positions)) + item.frame
-        return item.frame
+            positions[sport] = id
+            return sse_id_line(encode_cursor(positions)) + frame
+        return frame
 
     def heartbeat(self) -> None:
         self.send_frame(HEARTBEAT)

@@ -36,6 +36,7 @@ from btsguru.realtime.connection import Connection, EventFacts
 from btsguru.realtime.cursor import Cursor, parse_cursor
 from btsguru.realtime.frames import event_json, ws_frame
 from btsguru.realtime.hub import Hub
+from btsguru.realtime.sockets import send_now
 from btsguru.store.bus import BusEvent
 
 log = logging.getLogger(__name__)
@@ -60,7 +61,7 @@ class WebSocketConnection(Connection):
         return protocol.stream
 
     def _transport_write(self, data: bytes) -> Any:
-        return self._stream().write(data)
+        return send_now(self._stream(), data)
 
     def _transport_pending(self) -> bool:
         return bool(self._stream().writing())

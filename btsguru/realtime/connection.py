@@ -135,7 +135,7 @@ class EventFacts:
         return seq if isinstance(seq, int) else None
 
 
-@dataclass
+@dataclass(slots=True)
 class _Queued:
     frame: bytes
     sub: Subscription | None = None  # None: a control message
@@ -214,10 +214,10 @@ class Connection:
     def heartbeat(self) -> None:
         """Keep an idle connection open through proxies (SSE's comment line)."""
 
-    def prepare(self, item: _Queued) -> bytes:
-        """The bytes of a queued item at the moment it is written (SSE adds the cursor
-        of a multi-sport stream here, so it reflects what was actually sent)."""
-        return item.frame
+    def prepare(self, frame: bytes, sport: str | None, id: str | None) -> bytes:
+        """The bytes of a frame at the moment it is written (SSE adds the cursor of a
+        multi-sport stream here, so that it reflects what was actually sent)."""
+        return frame
 
     # -- limits --
 
@@ -256,8 +256,11 @@ class Connection:
         if self.lagging:
             self._skip(sub, game_id)
             return
-        self._enqueue(_Queued(self.render(sub.name, event, facts, shared), sub, game_id,
-                              facts.sport, event.id))
+        frame = self.render(sub.name, event, facts, shared)
+        if self._flushing or self._queue:
+            self._enqueue(_Queued(frame, sub, game_id, facts.sport, event.id))
+        else:  # the common case, once per subscriber per event: straight to the socket
+            self._write(self.prepare(frame, facts.sport, event.id), 1, facts.sport, event.id)
 
     def send_frame(self, frame: bytes, sub: Subscription | None = None,
                    game_id: int | None = None, sport: str | None = None,
@@ -278,19 +281,26 @@ class Connection:
             self._overflow()
 
     def _write_batch(self, items: list[_Queued]) -> None:
-        future: Future[None] | None = None
+        """Write `items` as one piece (one system call while the socket keeps up)."""
+        parts = []
+        for item in items:
+            parts.append(self.prepare(item.frame, item.sport, item.id))
+            if item.id is not None and item.sport is not None:
+                self.positions[item.sport] = item.id
+        self._write(b"".join(parts) if len(parts) > 1 else parts[0], len(parts))
+
+    def _write(self, data: bytes, frames: int, sport: str | None = None,
+               id: str | None = None) -> None:
+        """Hand `data` to the transport; from the flush on, queue behind it."""
         try:
-            for item in items:
-                data = self.prepare(item)
-                if item.id is not None and item.sport is not None:
-                    self.positions[item.sport] = item.id
-                future = self._transport_write(data)
-                metrics.MESSAGES_SENT.labels(self.kind).inc()
-                metrics.BYTES_SENT.labels(self.kind).inc(len(data))
+            future = self._transport_write(data)
         except Exception as exc:  # the socket is gone: the transport reports the close
             log.debug("connection %d: write failed: %s", self.id, exc)
             self.closed = True
             return
+        if id is not None and sport is not None:
+            self.positions[sport] = id
+        metrics.SENT.add(self.kind, frames, len(data))
         self.last_write_at = time.monotonic()
         if future is not None and self._transport_pending():
             self._flushing = True
@@ -373,7 +383,7 @@ class Connection:
         self._queued_bytes = 0
         try:
             for item in pending:
-                self._transport_write(self.prepare(item))
+                self._transport_write(self.prepare(item.frame, item.sport, item.id))
         except Exception as exc:
             log.debug("connection %d: final write failed: %s", self.id, exc)
         self.closed = True

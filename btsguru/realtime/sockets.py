@@ -1,0 +1,48 @@
+"""Writing a frame to a Tornado stream without the stream's per-write bookkeeping.
+
+Where it sits: connection -> **sockets** -> the kernel.
+
+`IOStream.write` makes a `Future` per call, with a done callback, and resolves it
+through the loop once the bytes are out: for a fan-out to thousands of sockets that is
+thousands of futures and loop callbacks per event, several times the cost of the
+`send` itself. `send_now` hands the bytes to the socket directly when the stream has
+nothing waiting (the common case: a client that keeps up), and falls back to
+`IOStream.write` for whatever the kernel does not take at once, so the stream's own
+ordering and flow control apply from there on. Tornado writes pings, pongs and close
+frames through the same stream, and a direct send happens only while its buffer is
+empty, so no bytes are ever reordered.
+"""
+
+from __future__ import annotations
+
+from asyncio import Future
+from typing import Any
+
+from tornado.iostream import IOStream, StreamClosedError
+
+
+def send_now(stream: IOStream, data: bytes) -> Future[None] | None:
+    """Write `data`: None when the kernel took it all, otherwise the stream's future for
+    the rest. Raises `StreamClosedError` when the stream is closed or the peer is gone
+    (the stream is closed then, and its close callback runs as usual)."""
+    sock: Any = stream.socket
+    if sock is None or stream.closed():
+        raise StreamClosedError()
+    if not stream.writing():
+        try:
+            sent = sock.send(data)
+        except BlockingIOError:
+            sent = 0
+        except OSError as exc:
+            stream.close(exc_info=exc)
+            raise StreamClosedError(real_error=exc) from None
+        if sent == len(data):
+            return None
+        data = memoryview(data)[sent:]  # type: ignore[assignment]
+    future: Future[None] = stream.write(data)
+    return future
+
+
+def chunk(data: bytes) -> bytes:
+    """`data` framed as one HTTP/1.1 chunk (RFC 9112, section 7.1)."""
+    return b"%x\r\n%b\r\n" % (len(data), data)
