@@ -31,7 +31,7 @@ def test_fanout_scenario_runs_and_reports():
         assert row["failed"] == 0 and row["out of order"] == 0, row
         assert 0 < row["p50 ms"] <= row["p99 ms"] < 5000, row
         assert 0 < row["KiB/conn"] < 1024, row
-        assert 0 < row["CPU ms/event"], row
+        assert row["CPU ms/event"] > 0, row
     targets = {t["target"] for t in report["targets"]}
     assert len(targets) == 7
     assert all(isinstance(t["met"], bool) and t["measured"] > 0 for t in report["targets"])

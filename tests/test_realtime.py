@@ -9,6 +9,7 @@ import json
 import time
 import zlib
 
+import aiohttp
 import pytest
 import redis.asyncio as aioredis
 import tornado.websocket
@@ -17,6 +18,7 @@ from btsguru.realtime import connection as connection_module
 from btsguru.sports.base import Game, Phase
 from btsguru.store.history import EventHistory
 from tests.realtime_helpers import (
+    TIMEOUT_S,
     RawWsClient,
     SseClient,
     WsClient,
@@ -468,3 +470,20 @@ def test_deflate_frame_round_trip():
     assert inflater.decompress(body + b"\x00\x00\xff\xff") == payload
     assert ws_frame(b'{"op":"pong"}', 15)[0] == 0x81  # too small to be worth it
     _ = tornado.websocket  # the client side of these tests
+
+
+async def test_live_peers_are_pinged_and_kept(tmp_path):
+    async with relay(tmp_path, websocket_ping_interval=0.2, websocket_ping_timeout=0.5) as r, \
+            aiohttp.ClientSession() as session:
+        ws = await session.ws_connect(f"{r.ws_url}?api_key={r.keys['pro']}", autoping=False)
+        pings = 0
+        while pings < 3:  # the hub pings once a tick: a few seconds
+            message = await ws.receive(timeout=TIMEOUT_S)
+            assert message.type == aiohttp.WSMsgType.PING, message
+            pings += 1
+            await ws.pong(message.data)
+        assert len(r.services.hub.connections) == 1
+        await ws.send_str('{"op": "ping"}')
+        message = await ws.receive(timeout=TIMEOUT_S)
+        assert json.loads(message.data) == {"op": "pong"}
+        await ws.close()

@@ -48,7 +48,7 @@ from btsguru.auth.access import Principal
 from btsguru.auth.tiers import TierLimits
 from btsguru.config import Config
 from btsguru.errors import BtsguruError
-from btsguru.handlers.ws import CLOSE_REASON_BYTES, WebSocketConnection
+from btsguru.handlers.ws import CLOSE_REASON_BYTES, WebSocketConnection, shed_handshake
 from btsguru.realtime.channels import Channel, InvalidChannel, parse_channel
 from btsguru.realtime.connection import (
     CLOSE_RESTARTING,
@@ -327,6 +327,7 @@ class PusherHandler(tornado.websocket.WebSocketHandler):
         if self.ws_connection is None:  # gone while we were admitting it
             self.on_close()
             return
+        shed_handshake(self, conn)
         # a whole number of seconds, as clients require
         conn.send(frame("pusher:connection_established",
                         {"socket_id": conn.socket_id,

@@ -36,7 +36,7 @@ from btsguru.realtime.connection import CLOSE_TOO_SLOW, Connection, EventFacts
 from btsguru.realtime.cursor import Cursor, InvalidCursor, encode_cursor, parse_cursor
 from btsguru.realtime.frames import sse_event, sse_id_line
 from btsguru.realtime.hub import Hub
-from btsguru.realtime.sockets import chunk, send_now
+from btsguru.realtime.sockets import chunk, send_now, slim_stream
 from btsguru.store.bus import BusEvent
 
 log = logging.getLogger(__name__)
@@ -59,7 +59,13 @@ class SseConnection(Connection):
         # one sport: the cursor is {sport: event id}, the same for every connection, so
         # the whole frame is shared; several: the id line is this connection's own
         self.multi_sport = len(sports) > 1
-        self.done = asyncio.Event()
+        # resolved when the stream ends (a future: an Event would cost a deque of its own
+        # per connection)
+        self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    def _end(self) -> None:
+        if not self.done.done():
+            self.done.set_result(None)
 
     def _connection(self) -> HTTP1Connection:
         connection = self.handler.request.connection
@@ -84,11 +90,11 @@ class SseConnection(Connection):
         if code == CLOSE_TOO_SLOW:
             # ending the response politely would queue more behind what it cannot read
             self._connection().stream.close()
-        self.done.set()
+        self._end()
 
     def gone(self) -> None:
         super().gone()
-        self.done.set()
+        self._end()
 
     def render(self, sub_name: str, event: BusEvent, facts: EventFacts,
                shared: dict[Any, bytes]) -> bytes:
@@ -143,6 +149,10 @@ class StreamHandler(ApiHandler):
             jitter_ms = random.randrange(RETRY_JITTER_MS)  # noqa: S311 -- spreading, not secrecy
             self.write(b"retry: %d\n\n" % (RETRY_MS + jitter_ms))
             await self.flush()
+            # the headers are out and read: Tornado holds both sets for the response's life
+            self.request.headers.clear()
+            self._headers.clear()
+            slim_stream(conn._connection().stream)
             try:
                 await self.hub.subscribe(conn, channels, cursor)
             except BtsguruError as exc:
@@ -152,7 +162,7 @@ class StreamHandler(ApiHandler):
             # a comment (EventSource ignores it): the catch-up is done and live events
             # follow; tools and tests can wait for it before publishing
             conn.send_frame(READY)
-            await conn.done.wait()
+            await conn.done
         finally:
             self.hub.unregister(conn)
 

@@ -19,11 +19,23 @@ the per-connection compressor it makes is never used, so it is dropped once the
 handshake is done: a deflate state costs tens of kilobytes of memory per connection.
 (Announcing `server_no_context_takeover`, which would let clients free theirs too, is
 not possible: Tornado 6.6 drops extension parameters that have no value.)
+
+Pings: the hub's tick pings each connection every `PING_INTERVAL_S` (a prebuilt frame
+written like any other, the first one at a random point of the interval so that a
+reconnect storm's connections do not ping in step) and drops a peer that has not
+answered within `PING_TIMEOUT_S` without a close handshake it would not answer either.
+Tornado's own pinging is off: it keeps a task, a timer and a future per connection.
+Memory per idle connection is the other budget here: once admitted, the request's
+headers are cleared (Tornado's handshake coroutine holds them for the connection's
+life).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import random
+import time
 from typing import Any
 
 import orjson
@@ -36,13 +48,14 @@ from btsguru.realtime.connection import Connection, EventFacts
 from btsguru.realtime.cursor import Cursor, parse_cursor
 from btsguru.realtime.frames import event_json, ws_frame
 from btsguru.realtime.hub import Hub
-from btsguru.realtime.sockets import send_now
+from btsguru.realtime.sockets import send_now, slim_stream
 from btsguru.store.bus import BusEvent
 
 log = logging.getLogger(__name__)
 
 MAX_CLIENT_FRAME_BYTES = 64 * 1024  # the contract: larger client frames close with 1009
 PING_INTERVAL_S = 20.0  # under common 60 s proxy idle timeouts
+PING_FRAME = b"\x89\x00"  # FIN + ping, no payload
 PING_TIMEOUT_S = 15.0  # no pong by then: the peer is gone, free its resources
 MAX_CHANNELS_PER_MESSAGE = 1000
 CLOSE_REASON_BYTES = 120  # a close frame's reason must fit in 123 bytes
@@ -70,14 +83,47 @@ class WebSocketConnection(Connection):
         self.handler.close(code, reason.encode()[:CLOSE_REASON_BYTES].decode(errors="ignore"))
 
 
+def shed_handshake(handler: tornado.websocket.WebSocketHandler,
+                   conn: WebSocketConnection) -> None:
+    """Free what an admitted connection no longer needs: the request's and response's
+    headers (read by now; Tornado's handshake coroutine holds them for the connection's
+    life) and the stream's empty write deques (`realtime.sockets.slim_stream`)."""
+    handler.request.headers.clear()
+    handler._headers.clear()
+    with contextlib.suppress(tornado.websocket.WebSocketClosedError):
+        slim_stream(conn._stream())
+
+
 class WsConnection(WebSocketConnection):
     kind = "ws"
 
     def __init__(self, handler: WebSocketHandler, principal: Principal,
-                 deflate_wbits: int) -> None:
+                 deflate_wbits: int, ping_interval_s: float = PING_INTERVAL_S,
+                 ping_timeout_s: float = PING_TIMEOUT_S) -> None:
         super().__init__(principal)
         self.handler = handler
         self.deflate_wbits = deflate_wbits
+        self.ping_interval_s = ping_interval_s
+        self.ping_timeout_s = ping_timeout_s
+        # as if last heard from at a random point of the past interval: pings spread out
+        self.heard_at = time.monotonic() - random.uniform(0, ping_interval_s)  # noqa: S311
+        self.ping_sent_at: float | None = None
+
+    def heard(self) -> None:
+        """The peer answered a ping or sent a message: it is there."""
+        self.heard_at = time.monotonic()
+        self.ping_sent_at = None
+
+    def tick(self, now: float) -> None:
+        if self.ping_sent_at is not None:
+            if now - self.ping_sent_at >= self.ping_timeout_s:
+                log.debug("ws: connection %d did not answer a ping", self.id)
+                with contextlib.suppress(tornado.websocket.WebSocketClosedError):
+                    self._stream().close()  # no handshake: it would not answer that either
+                self.gone()
+        elif now - self.heard_at >= self.ping_interval_s:
+            self.ping_sent_at = now
+            self.send_frame(PING_FRAME)
 
     def render(self, sub_name: str, event: BusEvent, facts: EventFacts,
                shared: dict[Any, bytes]) -> bytes:
@@ -131,22 +177,13 @@ class WebSocketHandler(tornado.websocket.WebSocketHandler):
 
     @property
     def ping_interval(self) -> float:
-        return float(self.settings.get("websocket_ping_interval", PING_INTERVAL_S))
-
-    @property
-    def ping_timeout(self) -> float:
-        return float(self.settings.get("websocket_ping_timeout", PING_TIMEOUT_S))
+        return 0.0  # Tornado's pinging is off: the hub pings (see the module docstring)
 
     def get_compression_options(self) -> dict[str, Any]:
         return {}  # offered; our frames are compressed by `realtime.frames`
 
     def check_origin(self, origin: str) -> bool:
         return True  # authenticated by API key, not by cookie: any page may connect
-
-    async def get(self, *args: Any, **kwargs: Any) -> None:
-        self.deflate_wbits = deflate_wbits(self.request.headers.get("Sec-WebSocket-Extensions",
-                                                                    ""))
-        await super().get(*args, **kwargs)
 
     # -- the connection --
 
@@ -163,9 +200,14 @@ class WebSocketHandler(tornado.websocket.WebSocketHandler):
     async def open(self, *args: str, **kwargs: str) -> None:
         if self.ws_connection is not None and hasattr(self.ws_connection, "_compressor"):
             self.ws_connection._compressor = None  # never used: see the module docstring
+        self.deflate_wbits = deflate_wbits(self.request.headers.get("Sec-WebSocket-Extensions",
+                                                                    ""))
         try:
             admission = await self.access.admit(self._api_key(), scope="stream")
-            conn = WsConnection(self, admission.principal, self.deflate_wbits)
+            conn = WsConnection(
+                self, admission.principal, self.deflate_wbits,
+                float(self.settings.get("websocket_ping_interval", PING_INTERVAL_S)),
+                float(self.settings.get("websocket_ping_timeout", PING_TIMEOUT_S)))
             await self.hub.register(conn)
         except BtsguruError as exc:
             log.debug("ws: refused: %s %s", exc.code, exc.message)
@@ -173,14 +215,20 @@ class WebSocketHandler(tornado.websocket.WebSocketHandler):
                 errors="ignore"))
             return
         self.conn = conn
+        shed_handshake(self, conn)
         self.access.record(admission.principal, "stream")
         if self.ws_connection is None:  # gone while we were admitting it
             self.hub.unregister(conn)
+
+    def on_pong(self, data: bytes) -> None:
+        if self.conn is not None:
+            self.conn.heard()
 
     async def on_message(self, message: str | bytes) -> None:
         conn = self.conn
         if conn is None or conn.closed:
             return
+        conn.heard()
         if not conn.allow_message():
             conn.error(RateLimited("too many messages: at most "
                                    f"{conn.principal.tier.client_messages_per_s} per second"))

@@ -31,7 +31,6 @@ from __future__ import annotations
 import itertools
 import logging
 import time
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -81,6 +80,7 @@ class TooSlow(BtsguruError):
 
 
 _ids = itertools.count(1)
+_NO_GAMES: set[int] = frozenset()  # type: ignore[assignment]  # never added to: see lag()
 
 
 class Sync:
@@ -118,7 +118,15 @@ class Subscription:
         # game id -> the seq of the snapshot sent: that game's events up to it are in it
         self.seq_floor: dict[int, int] = {}
         self.sync: Sync | None = None
-        self.lagged: set[int] = set()  # games to re-snapshot once the socket drains
+        # games to re-snapshot once the socket drains; empty for nearly every
+        # subscription, so the set is made when first needed (memory per connection)
+        self.lagged: set[int] = _NO_GAMES
+
+
+    def lag(self, game_id: int) -> None:
+        if self.lagged is _NO_GAMES:
+            self.lagged = set()
+        self.lagged.add(game_id)
 
 
 @dataclass(frozen=True)
@@ -182,10 +190,12 @@ class Connection:
         self.closed = False
         self.lagging = False
         self.on_drained: Callable[[Connection], None] | None = None  # set by the hub
-        self._queue: deque[_Queued] = deque()
+        # lists, not deques: an empty deque costs a 64-slot block, and tens of thousands
+        # of idle connections each have an empty queue
+        self._queue: list[_Queued] = []
         self._queued_bytes = 0
         self._flushing = False
-        self._lags: deque[float] = deque()
+        self._lags: list[float] = []
         self.last_write_at = time.monotonic()
         self.stalled_since: float | None = None  # bytes waiting in the transport since
 
@@ -213,6 +223,9 @@ class Connection:
 
     def heartbeat(self) -> None:
         """Keep an idle connection open through proxies (SSE's comment line)."""
+
+    def tick(self, now: float) -> None:
+        """Called by the hub once a tick (the native WebSocket's pings)."""
 
     def prepare(self, frame: bytes, sport: str | None, id: str | None) -> bytes:
         """The bytes of a frame at the moment it is written (SSE adds the cursor of a
@@ -324,7 +337,7 @@ class Connection:
             self.on_drained(self)
 
     def _overflow(self) -> None:
-        kept: deque[_Queued] = deque()
+        kept: list[_Queued] = []
         for item in self._queue:
             if item.sub is None:
                 kept.append(item)  # control messages are small and must arrive
@@ -332,13 +345,12 @@ class Connection:
                 self.close_too_slow("fell behind on an event no snapshot can replace")
                 return
             else:
-                item.sub.lagged.add(item.game_id)
+                item.sub.lag(item.game_id)
         self._queue = kept
         self._queued_bytes = sum(len(i.frame) for i in kept)
         now = time.monotonic()
         self._lags.append(now)
-        while self._lags and self._lags[0] < now - LAG_WINDOW_S:
-            self._lags.popleft()
+        self._lags = [at for at in self._lags if at >= now - LAG_WINDOW_S]
         if len(self._lags) > MAX_LAGS:
             self.close_too_slow(f"fell behind {len(self._lags)} times in {LAG_WINDOW_S:g} s")
             return
@@ -350,7 +362,7 @@ class Connection:
         if game_id is None:
             self.close_too_slow("fell behind on an event no snapshot can replace")
             return
-        sub.lagged.add(game_id)
+        sub.lag(game_id)
         if sum(len(s.lagged) for s in self.subs.values()) > MAX_LAGGED_GAMES:
             self.close_too_slow("fell behind on too many games")
 
