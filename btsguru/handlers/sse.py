@@ -152,7 +152,9 @@ class StreamHandler(ApiHandler):
             # the headers are out and read: Tornado holds both sets for the response's life
             self.request.headers.clear()
             self._headers.clear()
-            slim_stream(conn._connection().stream)
+            stream = conn._connection().stream
+            slim_stream(stream)
+            stream.set_nodelay(True)  # an event is a whole message: no Nagle delay
             try:
                 await self.hub.subscribe(conn, channels, cursor)
             except BtsguruError as exc:

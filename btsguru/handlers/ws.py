@@ -85,13 +85,17 @@ class WebSocketConnection(Connection):
 
 def shed_handshake(handler: tornado.websocket.WebSocketHandler,
                    conn: WebSocketConnection) -> None:
-    """Free what an admitted connection no longer needs: the request's and response's
-    headers (read by now; Tornado's handshake coroutine holds them for the connection's
-    life) and the stream's empty write deques (`realtime.sockets.slim_stream`)."""
+    """Set an admitted connection up for streaming: no Nagle delay, and free what it no
+    longer needs: the request's and response's headers (read by now; Tornado's
+    handshake coroutine holds them for the connection's life) and the stream's empty
+    write deques (`realtime.sockets.slim_stream`)."""
     handler.request.headers.clear()
     handler._headers.clear()
     with contextlib.suppress(tornado.websocket.WebSocketClosedError):
-        slim_stream(conn._stream())
+        stream = conn._stream()
+        slim_stream(stream)
+        # a frame is a whole message: send it now, not after the previous one's ACK
+        stream.set_nodelay(True)
 
 
 class WsConnection(WebSocketConnection):
