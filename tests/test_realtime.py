@@ -487,3 +487,18 @@ async def test_live_peers_are_pinged_and_kept(tmp_path):
         message = await ws.receive(timeout=TIMEOUT_S)
         assert json.loads(message.data) == {"op": "pong"}
         await ws.close()
+
+
+async def test_a_connection_that_talks_is_not_pinged(tmp_path):
+    async with relay(tmp_path, websocket_ping_interval=0.5, websocket_ping_timeout=0.5) as r, \
+            aiohttp.ClientSession() as session:
+        ws = await session.ws_connect(f"{r.ws_url}?api_key={r.keys['pro']}", autoping=False)
+        kinds = set()
+        for _ in range(25):  # 2.5 s: several ticks and ping intervals
+            await ws.send_str('{"op": "ping"}')
+            message = await ws.receive(timeout=TIMEOUT_S)
+            kinds.add(message.type if message.type != aiohttp.WSMsgType.TEXT
+                      else json.loads(message.data)["op"])
+            await asyncio.sleep(0.1)
+        assert kinds == {"pong"}
+        await ws.close()

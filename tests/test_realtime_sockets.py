@@ -11,7 +11,7 @@ import pytest
 from tornado.iostream import IOStream, StreamClosedError
 
 from btsguru.realtime.hub import GC_FREEZE_AFTER, Hub
-from btsguru.realtime.sockets import chunk, send_now, slim_stream
+from btsguru.realtime.sockets import chunk, send_now, slim_stream, stream_for_streaming
 from btsguru.store.bus import InMemoryBus
 
 
@@ -98,3 +98,21 @@ async def test_the_hub_freezes_settled_connections_and_unfreezes_when_they_left(
         assert gc.get_freeze_count() == 0
     finally:
         gc.unfreeze()
+
+
+def test_streams_are_set_up_for_streaming():
+    listener = socket.create_server(("127.0.0.1", 0))
+    client = socket.create_connection(listener.getsockname())
+    server, _ = listener.accept()
+    server.setblocking(False)
+    stream = IOStream(server)
+    try:
+        stream_for_streaming(stream, user_timeout_s=12.5)
+        assert server.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 1
+        if hasattr(socket, "TCP_USER_TIMEOUT"):
+            assert server.getsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT) == 12_500
+        assert isinstance(stream._write_futures, list)
+    finally:
+        stream.close()
+        client.close()
+        listener.close()

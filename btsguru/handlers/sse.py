@@ -36,7 +36,7 @@ from btsguru.realtime.connection import CLOSE_TOO_SLOW, Connection, EventFacts
 from btsguru.realtime.cursor import Cursor, InvalidCursor, encode_cursor, parse_cursor
 from btsguru.realtime.frames import sse_event, sse_id_line
 from btsguru.realtime.hub import Hub
-from btsguru.realtime.sockets import chunk, send_now, slim_stream
+from btsguru.realtime.sockets import chunk, send_now, stream_for_streaming
 from btsguru.store.bus import BusEvent
 
 log = logging.getLogger(__name__)
@@ -152,9 +152,7 @@ class StreamHandler(ApiHandler):
             # the headers are out and read: Tornado holds both sets for the response's life
             self.request.headers.clear()
             self._headers.clear()
-            stream = conn._connection().stream
-            slim_stream(stream)
-            stream.set_nodelay(True)  # an event is a whole message: no Nagle delay
+            stream_for_streaming(conn._connection().stream)
             try:
                 await self.hub.subscribe(conn, channels, cursor)
             except BtsguruError as exc:

@@ -20,11 +20,16 @@ handshake is done: a deflate state costs tens of kilobytes of memory per connect
 (Announcing `server_no_context_takeover`, which would let clients free theirs too, is
 not possible: Tornado 6.6 drops extension parameters that have no value.)
 
-Pings: the hub's tick pings each connection every `PING_INTERVAL_S` (a prebuilt frame
-written like any other, the first one at a random point of the interval so that a
-reconnect storm's connections do not ping in step) and drops a peer that has not
-answered within `PING_TIMEOUT_S` without a close handshake it would not answer either.
-Tornado's own pinging is off: it keeps a task, a timer and a future per connection.
+Keepalive: the hub's tick pings a connection that has been quiet both ways for
+`PING_INTERVAL_S` (a prebuilt frame written like any other, the first at a random
+point of the interval so that a reconnect storm's connections do not ping in step),
+which keeps proxies from timing it out, and drops a peer that has not answered within
+`PING_TIMEOUT_S`, without a close handshake it would not answer either. While events
+flow, a peer that stops acknowledging them is found by the kernel (the TCP user
+timeout, `realtime.sockets.USER_TIMEOUT_S`) and one that acknowledges but does not read
+by the stall check (`realtime.connection.STALL_TIMEOUT_S`); pinging every busy
+connection too would cost a pong to read per connection per interval. Tornado's own
+pinging is off: it keeps a task, a timer and a future per connection.
 Memory per idle connection is the other budget here: once admitted, the request's
 headers are cleared (Tornado's handshake coroutine holds them for the connection's
 life).
@@ -48,7 +53,7 @@ from btsguru.realtime.connection import Connection, EventFacts
 from btsguru.realtime.cursor import Cursor, parse_cursor
 from btsguru.realtime.frames import event_json, ws_frame
 from btsguru.realtime.hub import Hub
-from btsguru.realtime.sockets import send_now, slim_stream
+from btsguru.realtime.sockets import send_now, stream_for_streaming
 from btsguru.store.bus import BusEvent
 
 log = logging.getLogger(__name__)
@@ -85,17 +90,13 @@ class WebSocketConnection(Connection):
 
 def shed_handshake(handler: tornado.websocket.WebSocketHandler,
                    conn: WebSocketConnection) -> None:
-    """Set an admitted connection up for streaming: no Nagle delay, and free what it no
-    longer needs: the request's and response's headers (read by now; Tornado's
-    handshake coroutine holds them for the connection's life) and the stream's empty
-    write deques (`realtime.sockets.slim_stream`)."""
+    """Set an admitted connection up for streaming (`realtime.sockets.
+    stream_for_streaming`) and free the request's and response's headers (read by now;
+    Tornado's handshake coroutine holds them for the connection's life)."""
     handler.request.headers.clear()
     handler._headers.clear()
     with contextlib.suppress(tornado.websocket.WebSocketClosedError):
-        stream = conn._stream()
-        slim_stream(stream)
-        # a frame is a whole message: send it now, not after the previous one's ACK
-        stream.set_nodelay(True)
+        stream_for_streaming(conn._stream())
 
 
 class WsConnection(WebSocketConnection):
@@ -125,7 +126,7 @@ class WsConnection(WebSocketConnection):
                 with contextlib.suppress(tornado.websocket.WebSocketClosedError):
                     self._stream().close()  # no handshake: it would not answer that either
                 self.gone()
-        elif now - self.heard_at >= self.ping_interval_s:
+        elif now - max(self.heard_at, self.last_write_at) >= self.ping_interval_s:
             self.ping_sent_at = now
             self.send_frame(PING_FRAME)
 

@@ -15,6 +15,8 @@ empty, so no bytes are ever reordered.
 
 from __future__ import annotations
 
+import contextlib
+import socket
 from asyncio import Future
 from typing import Any
 
@@ -28,6 +30,24 @@ class _SmallQueue(list[Any]):
 
     def popleft(self) -> Any:
         return self.pop(0)
+
+
+# Transmitted bytes unacknowledged this long: the kernel drops the connection. Finds a
+# dead peer while events flow (pings then are not needed; see handlers.ws).
+USER_TIMEOUT_S = 40.0
+
+
+def stream_for_streaming(stream: IOStream, user_timeout_s: float = USER_TIMEOUT_S) -> None:
+    """Set an admitted stream connection up: no Nagle delay (a frame is a whole message),
+    a TCP user timeout (Linux) so the kernel finds a peer that stopped acknowledging,
+    and slim write bookkeeping (`slim_stream`)."""
+    slim_stream(stream)
+    stream.set_nodelay(True)
+    sock = stream.socket
+    option = getattr(socket, "TCP_USER_TIMEOUT", None)
+    if sock is not None and option is not None:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.IPPROTO_TCP, option, int(user_timeout_s * 1000))
 
 
 def slim_stream(stream: IOStream) -> None:
