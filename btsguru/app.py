@@ -32,11 +32,12 @@ from btsguru.handlers.base import NotFoundHandler, log_request
 from btsguru.handlers.console import console_routes
 from btsguru.handlers.docs import DocsHandler, OpenApiHandler
 from btsguru.handlers.health import HealthHandler, ReadyHandler
+from btsguru.handlers.hot import HotPath, HotPathApplication
 from btsguru.handlers.metrics import MetricsHandler
 from btsguru.handlers.pusher import PusherHandler
 from btsguru.handlers.pusher_http import pusher_http_routes
 from btsguru.handlers.raw import RAW_ROUTE, RawHandler
-from btsguru.handlers.rest import rest_routes
+from btsguru.handlers.rest import SportsView, rest_routes
 from btsguru.handlers.sse import StreamHandler
 from btsguru.handlers.ws import WebSocketHandler
 from btsguru.pollers.service import Pollers
@@ -47,6 +48,7 @@ from btsguru.store.bus import Bus, RedisBus
 from btsguru.store.cache import RawCache
 from btsguru.store.games import GameStore
 from btsguru.store.history import EventHistory
+from btsguru.store.hot import HotCache
 from btsguru.store.pusher import PusherState
 from btsguru.store.redis import RedisStores, open_redis
 from btsguru.store.standings import StandingsStore
@@ -93,11 +95,13 @@ class Services:
     hub: Hub
     alerts: Alerter
     pusher: PusherState
+    hot: HotCache
 
     def start_background(self) -> None:
         """Start the services' own tasks (usage flush and rollup, invalidations): for the
         long-running commands, not for one-shot CLI commands."""
         self.access.start()
+        self.hot.start()
         self.hub.start()
         self.alerts.start()
         self.pusher.start()
@@ -123,13 +127,15 @@ async def open_services(config: Config, clock: Clock | None = None) -> AsyncIter
         upstream = UpstreamClient(config, redis, clock=clock, quota=quota,
                                   request_timeout_s=float(config.upstream_timeout_s))
         stack.push_async_callback(upstream.close)
-        cache = RawCache(redis, config, clock)
+        hot = HotCache(redis, clock)  # in-process copies of hot answers, kept coherent
+        stack.push_async_callback(hot.stop)
+        cache = RawCache(redis, config, clock, hot=hot)
         proxy = RawProxy(cache, upstream, redis, clock)
         stack.push_async_callback(proxy.close)
         bus = RedisBus(redis.reverb, redis.keys)
         stack.push_async_callback(bus.close)
         history = EventHistory(redis, bus)
-        games = GameStore(redis, db, clock, bus)
+        games = GameStore(redis, db, clock, bus, hot=hot)
         stack.push_async_callback(games.close)  # its last database save runs before db.close
         standings = StandingsStore(redis)
         poller_state = PollerStateReader(redis, clock)
@@ -151,21 +157,22 @@ async def open_services(config: Config, clock: Clock | None = None) -> AsyncIter
                        keys=keys, tiers=tiers, access=access, quota=quota, upstream=upstream,
                        cache=cache, proxy=proxy, bus=bus, history=history, games=games,
                        standings=standings, poller_state=poller_state,
-                       pollers=pollers, hub=hub, alerts=alerts, pusher=pusher)
+                       pollers=pollers, hub=hub, alerts=alerts, pusher=pusher, hot=hot)
 
 
 def make_app(s: Services, **settings: Any) -> tornado.web.Application:
     """The routing table of the whole server."""
     routes: list[Any] = [
+        # the hottest routes first: Tornado tries each pattern in order, on every request
+        (RAW_ROUTE, RawHandler, {"access": s.access, "proxy": s.proxy,
+                                 "sports": s.config.sports}),
+        *rest_routes(s),
         (r"/healthz", HealthHandler),
         (r"/readyz", ReadyHandler, {"redis": s.redis, "db": s.db}),
         (r"/metrics", MetricsHandler, {"services": s}),
         (r"/openapi.json", OpenApiHandler),
         (r"/docs", DocsHandler),
         *api_routes(s),
-        *rest_routes(s),
-        (RAW_ROUTE, RawHandler, {"access": s.access, "proxy": s.proxy,
-                                 "sports": s.config.sports}),
         (r"/v1/ws", WebSocketHandler, {"hub": s.hub, "access": s.access}),
         (r"/v1/stream", StreamHandler, {"access": s.access, "hub": s.hub}),
         (r"(?:/[^/]+)*/app/(?P<key>[^/]+)", PusherHandler,
@@ -173,8 +180,11 @@ def make_app(s: Services, **settings: Any) -> tornado.web.Application:
         *pusher_http_routes(s.hub, s.pusher, s.history, s.config, s.access),
         *console_routes(s, TEMPLATES),
     ]
-    return tornado.web.Application(
+    hot_path = HotPath(s.access, s.proxy, SportsView(s.games, s.poller_state, s.clock, s.hot),
+                       s.config.sports, s.hot)
+    return HotPathApplication(
         routes,
+        hot_path=hot_path,
         default_handler_class=NotFoundHandler,
         log_function=log_request,
         template_path=str(TEMPLATES),

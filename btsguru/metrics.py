@@ -26,6 +26,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Iterator
+from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client import (
@@ -194,6 +195,13 @@ _CLOSE_REASONS = {1000: "normal", 1001: "going_away", 1009: "frame_too_large",
                   4003: "forbidden", 4008: "too_many_connections",
                   4009: "too_many_subscriptions", 4010: "too_slow", 4029: "rate_limited",
                   4100: "over_capacity"}
+
+
+@lru_cache(maxsize=1024)
+def http_series(handler: str, status: str) -> tuple[Any, Any]:
+    """The `HTTP_REQUESTS` and `HTTP_LATENCY` children of one handler and status, bound
+    once (`labels()` is a lookup under a lock: too dear for every request)."""
+    return HTTP_REQUESTS.labels(handler, status), HTTP_LATENCY.labels(handler)
 
 
 def disconnect_reason(code: int | None) -> str:

@@ -121,10 +121,11 @@ def test_headers_use_the_drafts_structured_fields():
 async def test_a_flushed_script_cache_is_reloaded(test_config):
     stores = open_redis(test_config)
     limiter = RateLimiter(stores.data, stores.keys, SystemClock())
+    one_at_a_time = RatePolicy(burst=20, refill_per_s=1.0, daily_quota=None)  # leases of 1
     try:
-        assert (await limiter.check(5, FREE)).remaining == 59
+        assert (await limiter.check(5, one_at_a_time)).remaining == 19
         await stores.data.script_flush()  # as after a Redis restart: EVALSHA says NOSCRIPT
-        assert (await limiter.check(5, FREE)).remaining == 58
+        assert (await limiter.check(5, one_at_a_time)).remaining == 18
     finally:
         await stores.close()
 
@@ -184,3 +185,86 @@ async def test_recovery_after_an_outage_uses_redis_again(test_config):
 
 def make_test_config_like(config, redis_url):
     return config.replace(redis_url=redis_url)
+
+
+async def hammer(limiters, user_id, policy, seconds, workers_each=8):
+    """Every limiter's workers ask as fast as they can for `seconds`; returns the number
+    admitted by each limiter and the time it took."""
+    admitted = [0] * len(limiters)
+    deadline = time.monotonic() + seconds
+
+    async def worker(index):
+        while time.monotonic() < deadline:
+            if (await limiters[index].check(user_id, policy)).allowed:
+                admitted[index] += 1
+            await asyncio.sleep(0)  # a refusal remembered locally does not yield
+
+    started = time.monotonic()
+    await asyncio.gather(*(worker(i) for i in range(len(limiters))
+                           for _ in range(workers_each)))
+    return admitted, time.monotonic() - started
+
+
+async def test_two_limiters_on_one_key_stay_within_5_percent_of_its_limit(test_config):
+    a, b = open_redis(test_config), open_redis(test_config)
+    limiters = [RateLimiter(a.data, a.keys, SystemClock()),
+                RateLimiter(b.data, b.keys, SystemClock())]
+    policy = RatePolicy(burst=200, refill_per_s=400.0, daily_quota=None)
+    assert policy.max_lease > 1  # leases of several tokens, spent locally
+    try:
+        admitted, elapsed_s = await hammer(limiters, 77, policy, seconds=1.5)
+        limit = policy.burst + policy.refill_per_s * elapsed_s
+        total = sum(admitted)
+        assert total <= limit * 1.05, (admitted, limit)
+        assert total >= limit * 0.85, (admitted, limit)  # leases held elsewhere cost little
+        assert min(admitted) > 0.2 * total  # both processes were served
+    finally:
+        for limiter in limiters:
+            await limiter.close()
+        await a.close()
+        await b.close()
+
+
+async def test_two_limiters_never_exceed_the_daily_quota(test_config):
+    a, b = open_redis(test_config), open_redis(test_config)
+    limiters = [RateLimiter(a.data, a.keys, SystemClock()),
+                RateLimiter(b.data, b.keys, SystemClock())]
+    policy = RatePolicy(burst=5_000, refill_per_s=5_000.0, daily_quota=600)
+    try:
+        admitted, _ = await hammer(limiters, 78, policy, seconds=1.0)
+        assert sum(admitted) <= 600
+        assert sum(admitted) >= 600 * 0.95, admitted
+        # the leases still held went back: the day counts what was admitted, exactly
+        for limiter in limiters:
+            await limiter.return_expired(everything=True)
+        used = await a.data.hget(a.keys.key("rl", 78), "used")
+        assert int(used) == sum(admitted)
+    finally:
+        for limiter in limiters:
+            await limiter.close()
+        await a.close()
+        await b.close()
+
+
+async def test_leases_cost_far_fewer_calls_than_requests(test_config):
+    stores = open_redis(test_config)
+    limiter = RateLimiter(stores.data, stores.keys, SystemClock())
+    policy = RatePolicy(burst=100_000, refill_per_s=100_000.0, daily_quota=None)
+    calls = 0
+    script = limiter._script
+
+    async def counting(*args, **kwargs):
+        nonlocal calls
+        calls += 1
+        return await script(*args, **kwargs)
+
+    limiter._script = counting
+    try:
+        decisions = [await limiter.check(5, policy) for _ in range(2_000)]
+        assert all(d.allowed for d in decisions)
+        assert calls <= 2_000 / 20, calls  # a Redis call per many requests, not per request
+        # remaining is this process's view: the bucket as last seen plus what it holds
+        assert 0 < decisions[-1].remaining <= policy.burst
+    finally:
+        await limiter.close()
+        await stores.close()

@@ -20,6 +20,7 @@ from btsguru.pollers.state import PollerState, PollerStateReader
 from btsguru.sports.base import Phase
 from btsguru.sports.standings import normalize_standings
 from btsguru.store.games import GameStore
+from btsguru.store.hot import HotCache
 from btsguru.store.standings import StandingsStore
 from tests.access_fixtures import make_account, migrated_sqlite, open_node
 from tests.store_fixtures import NOW, goal, live, make_game, open_store
@@ -39,6 +40,7 @@ class Services:
     games: GameStore
     standings: StandingsStore
     poller_state: PollerStateReader
+    hot: HotCache | None = None  # the in-process copies: tests/test_hot.py
 
 
 @pytest.fixture

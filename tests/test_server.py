@@ -9,6 +9,7 @@ import subprocess
 import sys
 import urllib.error
 import urllib.request
+from pathlib import Path
 
 import pytest
 from tornado.httpclient import HTTPClientError
@@ -70,11 +71,21 @@ def test_serve_answers_health_and_stops_cleanly_on_sigterm(tmp_path, processes):
         status, body = get_json(f"http://127.0.0.1:{port}/readyz")
         assert status == 200, body
         assert body["checks"] == {"redis": "ok", "database": "ok"}
+        # each worker listens on its own socket (SO_REUSEPORT): the kernel spreads
+        # connections over them instead of handing a burst to whoever wakes first
+        wait_until(lambda: listeners(port) == processes, what="every worker to listen")
     finally:
         code, _out, err = stop(process)
         purge_redis_prefix(config)
     assert code == 0, err
     assert "Traceback" not in err
+
+
+def listeners(port: int) -> int:
+    """Listening TCP sockets on 127.0.0.1:`port`, from the kernel's table."""
+    wanted = f"0100007F:{port:04X}"
+    lines = Path("/proc/net/tcp").read_text().splitlines()[1:]
+    return sum(1 for line in lines if line.split()[1] == wanted and line.split()[3] == "0A")
 
 
 def test_demo_runs_with_no_servers_and_prints_what_a_newcomer_needs(tmp_path):

@@ -37,7 +37,7 @@ import orjson
 from redis.exceptions import RedisError
 
 from btsguru.auth.keys import AuthenticatedKey, KeyService, hash_key
-from btsguru.auth.ratelimit import RateDecision, RateLimiter, RatePolicy
+from btsguru.auth.ratelimit import RETURN_INTERVAL_S, RateDecision, RateLimiter, RatePolicy
 from btsguru.auth.tiers import TierLimits, TierService
 from btsguru.auth.usage import FLUSH_INTERVAL_S, ROLLUP_INTERVAL_S, DayUsage, UsageService
 from btsguru.auth.watch import AccessWatch
@@ -121,6 +121,20 @@ class AccessService:
 
     # -- the hot path --
 
+    def cached_principal(self, key: str) -> Principal | None:
+        """The principal of `key` if this process has it cached and valid (not expired),
+        without waiting; None otherwise (then `authenticate` decides)."""
+        digest = hash_key(key)
+        cached = self._principals.get(digest)
+        now = self._clock.monotonic()
+        if cached is None or cached[0] <= now:
+            return None
+        self._refresh_ahead(digest, key, cached[0], now)
+        principal = cached[1]
+        if principal.expires_at is not None and principal.expires_at <= self._clock.time():
+            return None
+        return principal
+
     async def authenticate(self, key: str | None) -> Principal:
         """The principal of `key`; `Unauthorized` for a missing, unknown, revoked or
         expired key or a disabled user; `Unavailable` when the database is down and the
@@ -133,6 +147,7 @@ class AccessService:
         cached = self._principals.get(digest)
         if cached is not None and cached[0] > now:
             principal: Principal | None = cached[1]
+            self._refresh_ahead(digest, key, cached[0], now)
         elif self._unknown.get(digest, 0.0) > now:
             principal = None
         else:
@@ -157,6 +172,15 @@ class AccessService:
         decision = await self.limiter.check(principal.user_id, principal.policy, cost)
         self.watch.quota_used(principal.user_id, principal.tier.name, decision.daily_used,
                               principal.tier.daily_quota)
+        return decision
+
+    def limit_local(self, principal: Principal, cost: int = 1) -> RateDecision | None:
+        """`limit` when this process holds the user's tokens (an allowed decision);
+        None when it needs Redis (call `limit`; nothing was spent)."""
+        decision = self.limiter.check_local(principal.user_id, principal.policy, cost)
+        if decision is not None:
+            self.watch.quota_used(principal.user_id, principal.tier.name,
+                                  decision.daily_used, principal.tier.daily_quota)
         return decision
 
     def record(self, principal: Principal, kind: str, *, cache_hit: bool = False) -> None:
@@ -204,14 +228,25 @@ class AccessService:
 
     # -- the cache --
 
+    def _refresh_ahead(self, digest: str, key: str, expires_at: float, now: float) -> None:
+        """Past half its life, a cached principal is reloaded in the background while it
+        is still served: a busy key never makes its requests wait for the database (the
+        bound on revocation stays the entry's own expiry)."""
+        if expires_at - now < self._cache_ttl_s / 2 and digest not in self._loading:
+            self._start_load(digest, key)
+
+    def _start_load(self, digest: str, key: str) -> asyncio.Task[Principal | None]:
+        task = asyncio.create_task(self._query(digest, key))
+        self._loading[digest] = task
+        task.add_done_callback(lambda done: self._loaded(digest, done))
+        return task
+
     async def _load(self, digest: str, key: str) -> Principal | None:
         # Concurrent misses for one key share one query, run as its own task so that a
         # client hanging up does not cancel it for the others.
         task = self._loading.get(digest)
         if task is None:
-            task = asyncio.create_task(self._query(digest, key))
-            self._loading[digest] = task
-            task.add_done_callback(lambda done: self._loaded(digest, done))
+            task = self._start_load(digest, key)
         return await asyncio.shield(task)
 
     def _loaded(self, digest: str, task: asyncio.Task[Principal | None]) -> None:
@@ -226,6 +261,7 @@ class AccessService:
         principal = None if found is None else await self._principal(found, started)
         if generation == self._generation:  # no invalidation raced the query
             if principal is None:
+                self._principals.pop(digest, None)  # a refresh found it revoked
                 _put(self._unknown, digest, started + self._negative_ttl_s, self._max_cached)
             else:
                 _put(self._principals, digest, (started + self._cache_ttl_s, principal),
@@ -381,15 +417,21 @@ class AccessService:
             asyncio.create_task(self._every("usage rollup", ROLLUP_INTERVAL_S, self._rollup)),
             asyncio.create_task(self._every("last-used update", LAST_USED_INTERVAL_S,
                                             self._touch_last_used)),
+            asyncio.create_task(self._every("rate-limit lease return", RETURN_INTERVAL_S,
+                                            self._return_leases)),
             asyncio.create_task(self._listen()),
         ]
+
+    async def _return_leases(self) -> None:
+        await self.limiter.return_expired()
 
     async def stop(self) -> None:
         """Cancel the tasks, then flush what is buffered (best effort, bounded)."""
         tasks, self._tasks = self._tasks, []
-        await cancel_tasks(tasks, owner="access")
+        await cancel_tasks([*tasks, *self._loading.values()], owner="access")
         for name, final in (("usage flush", self._flush),
-                            ("last-used update", self._touch_last_used)):
+                            ("last-used update", self._touch_last_used),
+                            ("rate-limit lease return", self.limiter.close)):
             try:
                 await asyncio.wait_for(final(), STOP_FLUSH_TIMEOUT_S)
             except (BtsguruError, RedisError, OSError, TimeoutError) as exc:

@@ -117,6 +117,7 @@ class UsageService:
         self._close_grace_s = close_grace_s
         # (user_id, key_id, hour "YYYYMMDDHH", kind) -> counts not yet in Redis
         self._buffer: dict[tuple[int, int, str, str], _Counts] = {}
+        self._hour: tuple[int, str] = (-1, "")  # the current UTC hour: number, "YYYYMMDDHH"
         self._forget = redis.register_script(_FORGET_LUA)
 
     @property
@@ -135,7 +136,10 @@ class UsageService:
         """Count one request (or stream connection) of `key_id`. No I/O."""
         if kind not in ROUTE_KINDS:
             kind = "other"
-        hour = datetime.fromtimestamp(self._clock.time(), UTC).strftime("%Y%m%d%H")
+        hour_n = int(self._clock.time() // 3600)
+        if hour_n != self._hour[0]:  # formatted once an hour, not per request
+            self._hour = (hour_n, datetime.fromtimestamp(hour_n * 3600, UTC).strftime("%Y%m%d%H"))
+        hour = self._hour[1]
         counts = self._buffer.get((user_id, key_id, hour, kind))
         if counts is None:
             counts = self._buffer[(user_id, key_id, hour, kind)] = _Counts()

@@ -14,6 +14,7 @@ from typing import Any
 import orjson
 import tornado.web
 import tornado.websocket
+from tornado.httputil import HTTPServerRequest
 
 from btsguru import metrics
 from btsguru.errors import BtsguruError
@@ -80,22 +81,28 @@ class JsonHandler(tornado.web.RequestHandler):
 def log_request(handler: tornado.web.RequestHandler) -> None:
     """The application's access log: internal errors at error, everything else at debug
     (an access log per request is a proxy's job, and metrics count them)."""
-    status = handler.get_status()
-    name = type(handler).__name__
-    metrics.HTTP_REQUESTS.labels(name, str(status)).inc()
+    # a stream's "latency" is its lifetime: it would drown the request histogram
+    timed = getattr(handler, "route_kind", "") != "stream" and \
+        not isinstance(handler, tornado.websocket.WebSocketHandler)
+    log_answer(type(handler).__name__, handler.get_status(), handler.request,
+               getattr(handler, "request_id", "-"), timed=timed)
+
+
+def log_answer(name: str, status: int, request: HTTPServerRequest, request_id: str, *,
+               timed: bool = True) -> None:
+    """`log_request` for an answer given by `name` (a handler, or the hot path)."""
+    requests, latency = metrics.http_series(name, str(status))
+    requests.inc()
     if status == 401:
         metrics.AUTH_FAILURES.inc()
-    # a stream's "latency" is its lifetime: it would drown the request histogram
-    if getattr(handler, "route_kind", "") != "stream" and \
-            not isinstance(handler, tornado.websocket.WebSocketHandler):
-        metrics.HTTP_LATENCY.labels(name).observe(handler.request.request_time())
+    if timed:
+        latency.observe(request.request_time())
     level = logging.ERROR if status == 500 else logging.DEBUG
     if access_log.isEnabledFor(level):
         # the path, never the query: stream URLs carry `api_key=`
-        access_log.log(level, "%d %s %s (%s) %.1f ms request id %s", status,
-                       handler.request.method, handler.request.path, handler.request.remote_ip,
-                       1000.0 * handler.request.request_time(),
-                       getattr(handler, "request_id", "-"))
+        access_log.log(level, "%d %s %s (%s) %.1f ms request id %s", status, request.method,
+                       request.path, request.remote_ip, 1000.0 * request.request_time(),
+                       request_id)
 
 
 class NotFoundHandler(JsonHandler):

@@ -48,4 +48,5 @@ class RawHandler(ApiHandler):
         self.set_header("X-Cache", answer.state.value)
         self.set_header("Age", str(answer.age_s))
         self.set_header("Cache-Control", f"max-age={answer.max_age_s}")
+        self.set_header("Etag", answer.etag)  # so Tornado does not hash the body per hit
         self.finish(answer.body)

@@ -12,11 +12,14 @@ service for the two routes that combine the stores with the pollers' state.
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from typing import Any, Protocol
+
+import orjson
 
 from btsguru.auth.access import AccessService
 from btsguru.clock import Clock
@@ -26,6 +29,7 @@ from btsguru.handlers.api import ApiHandler
 from btsguru.pollers.state import SportPollState
 from btsguru.sports.base import Game, Phase, game_to_json
 from btsguru.store.games import GameStore
+from btsguru.store.hot import HotCache, live_list_name
 from btsguru.store.standings import StandingsStore
 
 STALE_AFTER_CADENCES = 3  # live data older than three poll intervals is marked stale
@@ -52,14 +56,36 @@ class LiveAnswer:
     stale: bool
 
 
+@dataclass(frozen=True)
+class RenderedLive:
+    """`/v1/{sport}/live` ready to write: the body both ways (`meta.stale` false and
+    true) and when it turns stale, so a cached answer needs no encoding per request."""
+
+    fresh: tuple[bytes, str]  # body, ETag
+    stale: tuple[bytes, str]
+    last: float | None  # when data was last stored (epoch s)
+    stale_after_s: float | None  # None: stale whatever the time (no data, or failing)
+
+    def at(self, now: float) -> tuple[bytes, str]:
+        if self.last is None or self.stale_after_s is None or \
+                now - self.last > self.stale_after_s:
+            return self.stale
+        return self.fresh
+
+
 class SportsView:
-    """Games plus freshness: what `/v1/sports` and `/v1/{sport}/live` show."""
+    """Games plus freshness: what `/v1/sports` and `/v1/{sport}/live` show.
+
+    With a `HotCache`, `/v1/{sport}/live` is answered from this process's copy: the
+    games store (after an ingest) and the pollers' state (after a live or schedule run)
+    invalidate it in every process, and `HOT_TTL_S` bounds it otherwise."""
 
     def __init__(self, games: GameStore, poll_state: PollerStateReader | None,
-                 clock: Clock) -> None:
+                 clock: Clock, hot: HotCache | None = None) -> None:
         self._games = games
         self._poll_state = poll_state
         self._clock = clock
+        self._hot = hot
 
     async def _freshness(self, sport: str) -> tuple[SportPollState | None, float | None]:
         """The poller state and when data for `sport` was last stored (epoch s)."""
@@ -84,13 +110,50 @@ class SportsView:
         return out
 
     async def live(self, sport: str) -> LiveAnswer:
+        games, last, stale_after_s = await self._live_state(sport)
+        stale = last is None or stale_after_s is None or \
+            self._clock.time() - last > stale_after_s
+        return LiveAnswer(games=games, as_of=_iso(last), stale=stale)
+
+    def peek_live(self, sport: str) -> tuple[bytes, str] | None:
+        """`live_rendered` from this process's copy, without waiting; None when it has
+        none."""
+        cached: RenderedLive | None = self._hot.get(live_list_name(sport)) \
+            if self._hot is not None else None
+        return None if cached is None else cached.at(self._clock.time())
+
+    async def live_rendered(self, sport: str) -> tuple[bytes, str]:
+        """`/v1/{sport}/live`'s body and ETag, from the hot cache when it has them."""
+        rendered: RenderedLive | None
+        if self._hot is None:
+            rendered, _ = await self._render(sport)
+        else:  # one rendering per process however many ask at once
+            rendered = await self._hot.load(live_list_name(sport),
+                                            lambda: self._render(sport))
+        assert rendered is not None
+        return rendered.at(self._clock.time())
+
+    async def _render(self, sport: str) -> tuple[RenderedLive, None]:
+        games, last, stale_after_s = await self._live_state(sport)
+        data = orjson.dumps([game_to_json(g) for g in games])
+        fresh, stale = (_live_body(data, last, flag) for flag in (False, True))
+        return RenderedLive(fresh, stale, last, stale_after_s), None
+
+    async def _live_state(self, sport: str) -> tuple[list[Game], float | None, float | None]:
+        """The games in play, when data was last stored, and how old it may be before it
+        is stale (None: stale now, the pollers say they are failing)."""
         games = await self._games.live(sport)
         state, last = await self._freshness(sport)
         interval_s = (state.poll_interval_s if state is not None else None) \
             or FALLBACK_LIVE_INTERVAL_S
-        stale = (last is None or self._clock.time() - last > STALE_AFTER_CADENCES * interval_s
-                 or (state is not None and state.failing))
-        return LiveAnswer(games=games, as_of=_iso(last), stale=stale)
+        failing = state is not None and state.failing
+        return games, last, None if failing else STALE_AFTER_CADENCES * interval_s
+
+
+def _live_body(data_json: bytes, last: float | None, stale: bool) -> tuple[bytes, str]:
+    meta = orjson.dumps({"as_of": _iso(last), "stale": stale})
+    body = b'{"data":' + data_json + b',"meta":' + meta + b"}"
+    return body, f'"{hashlib.sha1(body).hexdigest()}"'  # noqa: S324 (Tornado's ETag, not security)
 
 
 class _SportHandler(ApiHandler):
@@ -143,9 +206,9 @@ class LiveHandler(_SportHandler):
         self.view = view
 
     async def get(self, sport: str) -> None:
-        answer = await self.view.live(self.check_sport(sport))
-        self.write_json({"data": [game_to_json(g) for g in answer.games],
-                         "meta": {"as_of": answer.as_of, "stale": answer.stale}})
+        body, etag = await self.view.live_rendered(self.check_sport(sport))
+        self.set_header("Etag", etag)  # computed once per rendering, not per request
+        self.finish(body)
 
 
 class GamesHandler(_SportHandler):
@@ -276,11 +339,13 @@ class RestServices(Protocol):
     def poller_state(self) -> PollerStateReader | None: ...
     @property
     def config(self) -> Config: ...
+    @property
+    def hot(self) -> HotCache | None: ...
 
 
 def rest_routes(s: RestServices) -> list[Any]:
     """The routes this module serves, for `btsguru.app.make_app`."""
-    view = SportsView(s.games, s.poller_state, s.clock)
+    view = SportsView(s.games, s.poller_state, s.clock, s.hot)
     common = {"access": s.access, "sports": s.config.sports}
     sport = r"/v1/(?P<sport>[a-z][a-z-]*)"
     return [

@@ -25,6 +25,7 @@ from redis.typing import EncodableT
 
 from btsguru.clock import Clock
 from btsguru.pollers.lease import lease_key
+from btsguru.store.hot import encode_invalidation, hot_channel, live_list_name
 from btsguru.store.redis import RedisStores
 
 log = logging.getLogger(__name__)
@@ -76,6 +77,8 @@ class SportPollState:
     failing: bool  # its last run (or the schedule's) failed
 
 
+# The tasks whose rows `/v1/{sport}/live`'s `meta` reads (through `state`).
+_SHOWN_IN_LIVE = frozenset({"live", "schedule"})
 _KNOWN = frozenset({"interval_s", "reason", "last_run", "last_success", "next_run",
                     "failures", "backoff_s", "live_games", "last_error", "lease",
                     "requests"})
@@ -134,6 +137,9 @@ class PollerState:
             if count_requests:
                 pipe.hincrby(key, "requests", count_requests)
             pipe.expire(key, STATE_TTL_S)
+            if self.namespace == "poll" and task in _SHOWN_IN_LIVE:
+                # `/v1/{sport}/live` shows this row's freshness: drop its cached copies
+                pipe.publish(hot_channel(self._keys), encode_invalidation([live_list_name(sport)]))
             await pipe.execute()
 
     async def wake(self, sport: str, task: str, at: float) -> bool:

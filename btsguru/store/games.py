@@ -64,6 +64,7 @@ from btsguru.store.history import (
     HISTORY_RETENTION_S,
     history_key,
 )
+from btsguru.store.hot import HotCache, live_list_name
 from btsguru.store.redis import RedisStores
 
 log = logging.getLogger(__name__)
@@ -157,8 +158,9 @@ class _Plan:
 
 class GameStore:
     def __init__(self, redis: RedisStores, runner: DatabaseRunner, clock: Clock,
-                 bus: Bus) -> None:
+                 bus: Bus, *, hot: HotCache | None = None) -> None:
         self._redis = redis.reverb
+        self._hot = hot
         self._keys = redis.keys
         self._runner = runner
         self._clock = clock
@@ -212,6 +214,8 @@ class GameStore:
                 await self._bus.publish(item.to_bus_event())
         await self._redis.set(self._mark_key(sport), repr(self._clock.time()),
                               ex=INGEST_MARK_TTL_S)
+        if self._hot is not None:  # the live list and its `as_of` changed, everywhere
+            await self._hot.invalidate(live_list_name(sport))
         await self.flush()
         return IngestResult(changes=tuple(stored), new_games=counts["new"],
                             updated_games=counts["updated"], events=len(stored),

@@ -60,6 +60,7 @@ class ProxyAnswer:
     state: CacheState
     age_s: int
     max_age_s: int  # remaining freshness, for Cache-Control
+    etag: str  # computed once per cached entry, not per hit
 
 
 class RawProxy:
@@ -83,14 +84,30 @@ class RawProxy:
         fresh = await self._fetch_once(sport, endpoint, params, newer_than=0.0)
         return self._answer(fresh, CacheState.MISS, self._clock.time())
 
+    def peek(self, sport: str, endpoint: Endpoint, params: Mapping[str, str]) -> ProxyAnswer | None:
+        """A `HIT` from this process's copy, without waiting, not yet counted (the caller
+        calls `count_hit` if it serves it); None when `get` must decide."""
+        cached = self._cache.peek(sport, endpoint.name, params)
+        if cached is None:
+            return None
+        now = self._clock.time()
+        if not cached.is_fresh(now):
+            return None
+        return self._answer(cached, CacheState.HIT, now, counted=False)
+
+    def count_hit(self) -> None:
+        self._cache.counters.count(CacheState.HIT)
+
     async def close(self) -> None:
         await cancel_tasks(self._refreshes, owner="raw proxy")
 
-    def _answer(self, entry: CachedResponse, state: CacheState, now: float) -> ProxyAnswer:
-        self._cache.counters.count(state)
+    def _answer(self, entry: CachedResponse, state: CacheState, now: float, *,
+                counted: bool = True) -> ProxyAnswer:
+        if counted:
+            self._cache.counters.count(state)
         age = entry.age_s(now)
         max_age = 0 if state is CacheState.STALE else max(0, entry.ttl_s - age)
-        return ProxyAnswer(entry.body, state, age, max_age)
+        return ProxyAnswer(entry.body, state, age, max_age, entry.etag)
 
     def _refresh_in_background(self, sport: str, endpoint: Endpoint,
                                params: Mapping[str, str], stale_fetched_at: float) -> None:
