@@ -8,6 +8,11 @@ its clients got it and when the last one did, and per client the events it got o
 order or twice (the seq check). The same clients are used against btsguru and against
 the reference servers.
 
+Kind `ws-seq` (the end-to-end scenario): WebSocket clients on real game events, counted
+by their `(game_id, seq)` instead of a publisher's `n`; a `seq` not above the client's
+previous one for that game counts as out of order. `channel` may name several channels,
+comma-separated.
+
 WebSocket: RFC 6455 by hand; client frames are masked with a zero key (valid, and the
 XOR is then the identity), pings are answered, permessage-deflate is offered on request
 (the server's messages are inflated one by one: btsguru compresses each message on its
@@ -30,6 +35,8 @@ from urllib.parse import urlsplit
 
 CONNECT_CONCURRENCY = 100  # per client process: handshakes in flight at once
 N_RE = re.compile(rb'"n":(\d+)[,}]')
+GAME_ID_RE = re.compile(rb'"game_id":(\d+)[,}]')
+SEQ_RE = re.compile(rb'"seq":(\d+)[,}]')
 SUBSCRIBED_WS = b'"op":"subscribed"'
 SUBSCRIBED_SSE = b": subscribed"
 DEFLATE_TAIL = b"\x00\x00\xff\xff"
@@ -39,13 +46,14 @@ DEFLATE_TAIL = b"\x00\x00\xff\xff"
 class Tally:
     """What one client process saw."""
 
-    events: dict[int, list[float]] = field(default_factory=dict)  # n -> [count, last at]
+    # n (or (game_id, seq)) -> [count, last at]
+    events: dict[Any, list[float]] = field(default_factory=dict)
     out_of_order: int = 0  # an event whose n was not above the client's previous one
     ready: int = 0
     failed: int = 0
     bytes_received: int = 0
 
-    def got(self, n: int, now: float) -> None:
+    def got(self, n: Any, now: float) -> None:
         entry = self.events.get(n)
         if entry is None:
             self.events[n] = [1, now]
@@ -156,6 +164,29 @@ class WsClient(_Client):
             self.event(int(match.group(1)))
 
 
+class WsSeqClient(WsClient):
+    """Counts game events by `(game_id, seq)`, checking each game's order."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.last_seq: dict[int, int] = {}
+
+    def message(self, payload: bytes) -> None:
+        if not self.subscribed and SUBSCRIBED_WS in payload:
+            self.subscribed = True
+            self.on_ready()
+            return
+        game = GAME_ID_RE.search(payload)
+        seq = SEQ_RE.search(payload)
+        if game is None or seq is None:
+            return
+        game_id, n = int(game.group(1)), int(seq.group(1))
+        if n <= self.last_seq.get(game_id, -1):
+            self.tally.out_of_order += 1
+        self.last_seq[game_id] = n
+        self.tally.got((game_id, n), time.time())
+
+
 class SseClient(_Client):
     def start(self) -> None:
         self.subscribed = False
@@ -214,7 +245,8 @@ async def _run(kind: str, url: str, channel: str, count: int, deflate: bool, rea
     parts = urlsplit(url)
     host, port = parts.hostname or "127.0.0.1", parts.port or 80
     gate = asyncio.Semaphore(CONNECT_CONCURRENCY)
-    subscribe = b'{"op":"subscribe","channels":["' + channel.encode() + b'"]}'
+    names = b'","'.join(name.encode() for name in channel.split(","))
+    subscribe = b'{"op":"subscribe","channels":["' + names + b'"]}'
     pending_ready = [0]
 
     def flush_ready() -> None:
@@ -231,9 +263,10 @@ async def _run(kind: str, url: str, channel: str, count: int, deflate: bool, rea
             released.set()
 
         async with gate:
-            if kind == "ws":
-                factory: Any = lambda: WsClient(tally, ws_request(url, deflate), on_ready,  # noqa: E731
-                                                subscribe, deflate)
+            if kind in ("ws", "ws-seq"):
+                cls = WsSeqClient if kind == "ws-seq" else WsClient
+                factory: Any = lambda: cls(tally, ws_request(url, deflate), on_ready,  # noqa: E731
+                                           subscribe, deflate)
             else:
                 factory = lambda: SseClient(tally, sse_request(url), on_ready)  # noqa: E731
             try:

@@ -94,7 +94,11 @@ class Stack:
     api_key: str
 
 
-def start_stack(group: Processes, *, processes_n: int = 1, pollers: bool = False) -> Stack:
+def start_stack(group: Processes, *, processes_n: int = 1, pollers: bool = False,
+                max_streams: int | None = None, settings: dict[str, str] | None = None,
+                ) -> Stack:
+    """`max_streams`: lift the bench user's stream limit too (many clients); `settings`:
+    btsguru settings of the scenario's own (environment variables)."""
     scratch = Path(tempfile.mkdtemp(prefix="btsguru-bench-"))
     sim_port, port = free_port(), free_port()
     simulator_url = f"http://127.0.0.1:{sim_port}"
@@ -103,10 +107,12 @@ def start_stack(group: Processes, *, processes_n: int = 1, pollers: bool = False
     env = {
         "DATABASE_URL": f"sqlite:///{scratch / 'bench.db'}",
         "REDIS_URL": "redis://127.0.0.1:6379/0",
-        "REDIS_CACHE_PREFIX": f"btgbench:{os.getpid()}:",
+        # one prefix per stack: two stacks of one scenario must not share leases
+        "REDIS_CACHE_PREFIX": f"btgbench:{os.getpid()}:{port}:",
         "RAPIDAPI_KEY": "bench", "RAPIDAPI_HOST": "127.0.0.1",
         "SECRET_KEY": "bench-secret-key-0123456789",
         "LOG_LEVEL": "warning",
+        **(settings or {}),
     }
     for sport in ("FOOTBALL", "BASKETBALL", "HOCKEY", "BASEBALL", "AMERICAN_FOOTBALL"):
         env[f"RAPIDAPI_BASE_URL_{sport}"] = f"{simulator_url}/{sport.lower().replace('_', '-')}"
@@ -119,7 +125,9 @@ def start_stack(group: Processes, *, processes_n: int = 1, pollers: bool = False
         "DatabaseRunner;from btsguru.auth.tiers import TierService;"
         f"r=DatabaseRunner(connect_database('{env['DATABASE_URL']}'));"
         "asyncio.run(TierService(r).update('enterprise', rest_rate=10**9, rest_period_s=1, "
-        "rest_burst=10**9, daily_quota=None));r.close()")], check=True, cwd=ROOT,
+        "rest_burst=10**9, daily_quota=None"
+        f"{'' if max_streams is None else f', max_streams={max_streams}'}));r.close()")],
+        check=True, cwd=ROOT,
         env={**os.environ, **env})
     key = btsguru("keys", "create", "bench@example.com", env=env).strip().splitlines()[-1]
     group.start([sys.executable, "-m", "btsguru", "serve", "--port", str(port),
