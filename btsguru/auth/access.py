@@ -25,7 +25,6 @@ reconnects clears its whole cache, since it may have missed messages meanwhile. 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
@@ -46,6 +45,7 @@ from btsguru.config import Config
 from btsguru.db.runner import DatabaseRunner
 from btsguru.errors import BtsguruError, Forbidden, NotFound, Unauthorized, Unavailable
 from btsguru.lifecycle import cancel_tasks
+from btsguru.store.pubsub import listen
 from btsguru.store.redis import RedisStores
 
 log = logging.getLogger(__name__)
@@ -362,32 +362,14 @@ class AccessService:
                    everything=message.get("all") is True)
 
     async def _listen(self) -> None:
-        """Subscribe and apply invalidations until cancelled, resubscribing on errors."""
-        failures = 0
-        while True:
-            pubsub = self._redis.reverb.pubsub()
-            try:
-                await pubsub.subscribe(self.invalidation_channel)
-                self._drop(everything=True)  # whatever was published while we were away
-                self.listening.set()
-                failures = 0
-                while True:
-                    message = await pubsub.get_message(ignore_subscribe_messages=True,
-                                                       timeout=None)
-                    if message is not None and message.get("type") == "message":
-                        self._on_message(message["data"])
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                failures += 1
-                log.warning("auth invalidation listener failed (%d in a row): %s",
-                            failures, exc, exc_info=not isinstance(exc, RedisError | OSError))
-            finally:
-                self.listening.clear()
-                # bounded: a pub/sub cancelled mid-connect can leave aclose waiting
-                with contextlib.suppress(Exception):
-                    await asyncio.wait_for(pubsub.aclose(), STOP_FLUSH_TIMEOUT_S)  # type: ignore[no-untyped-call]
-            await self._clock.sleep(_backoff_s(1.0, failures))
+        """Subscribe and apply invalidations until cancelled, resubscribing on errors;
+        everything cached is dropped whenever a message may have been missed."""
+        await listen(self._redis.reverb, what="auth invalidation listener",
+                     channel=self.invalidation_channel,
+                     on_message=lambda m: self._on_message(m["data"]),
+                     on_reset=lambda: self._drop(everything=True), listening=self.listening,
+                     backoff_s=lambda failures: _backoff_s(1.0, failures),
+                     sleep=self._clock.sleep)
 
     # -- background work --
 

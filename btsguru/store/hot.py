@@ -27,7 +27,6 @@ writes. Messages carry the writer's id, and a process ignores its own (it applie
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import secrets
 from collections.abc import Awaitable, Callable, Iterable
@@ -39,6 +38,7 @@ from redis.exceptions import RedisError
 
 from btsguru.clock import Clock
 from btsguru.lifecycle import cancel_tasks
+from btsguru.store.pubsub import listen
 from btsguru.store.redis import Keys, RedisStores
 from btsguru.upstream.backoff import Backoff
 
@@ -52,9 +52,7 @@ V = TypeVar("V")
 HOT_TTL_S = 5.0
 # Bounds memory: raw answers are keyed by query, and a client can vary queries freely.
 MAX_HOT_ENTRIES = 2_000
-SUBSCRIBE_TIMEOUT_S = 5.0
 RECONNECT_BACKOFF = (0.1, 5.0)  # seconds: first retry soon, then at most every 5 s
-STOP_TIMEOUT_S = 5.0
 
 
 def hot_channel(keys: Keys) -> str:
@@ -216,28 +214,7 @@ class HotCache:
         self.drop(*(n for n in names if isinstance(n, str)))
 
     async def _listen(self) -> None:
-        failures = 0
-        while True:
-            pubsub = self._redis.pubsub()
-            try:
-                await asyncio.wait_for(pubsub.subscribe(self.channel), SUBSCRIBE_TIMEOUT_S)
-                self.clear()  # whatever was published while we were not listening
-                self.listening.set()
-                failures = 0
-                while True:
-                    message = await pubsub.get_message(ignore_subscribe_messages=True,
-                                                       timeout=None)
-                    if message is not None and message.get("type") == "message":
-                        self._on_message(message["data"])
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                failures += 1
-                log.warning("hot-cache listener failed (%d in a row): %s", failures, exc,
-                            exc_info=not isinstance(exc, RedisError | OSError | TimeoutError))
-            finally:
-                self.listening.clear()
-                self.clear()
-                with contextlib.suppress(Exception):
-                    await asyncio.wait_for(pubsub.aclose(), STOP_TIMEOUT_S)  # type: ignore[no-untyped-call]
-            await self._clock.sleep(self._backoff.compute(failures))
+        await listen(self._redis, what="hot-cache listener", channel=self.channel,
+                     on_message=lambda m: self._on_message(m["data"]), on_reset=self.clear,
+                     listening=self.listening, backoff_s=self._backoff.compute,
+                     sleep=self._clock.sleep)

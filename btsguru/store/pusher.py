@@ -42,6 +42,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from btsguru.lifecycle import cancel_tasks
+from btsguru.store.pubsub import listen
 from btsguru.store.redis import Keys
 from btsguru.upstream.backoff import Backoff
 
@@ -268,31 +269,12 @@ class PusherState:
                 log.exception("pusher: a subscriber of %s failed", channel)
 
     async def _listen(self) -> None:
-        failures = 0
-        backoff = Backoff(0.1, 5.0)
         pattern = self._bus_prefix.replace("\\", "\\\\").replace("*", "\\*") \
             .replace("?", "\\?").replace("[", "\\[") + "*"
-        while True:
-            pubsub = self._redis.pubsub()
-            try:
-                await pubsub.psubscribe(pattern)
-                self.listening.set()
-                failures = 0
-                while True:
-                    message = await pubsub.get_message(ignore_subscribe_messages=True,
-                                                       timeout=READ_TIMEOUT_S)
-                    if message is not None and message.get("type") == "pmessage":
-                        self._dispatch(_text(message["channel"]), message["data"])
-            except asyncio.CancelledError:
-                raise
-            except (RedisError, OSError) as exc:
-                failures += 1
-                log.warning("pusher: app bus connection lost (%d in a row): %s", failures, exc)
-            finally:
-                self.listening.clear()
-                with contextlib.suppress(Exception):
-                    await asyncio.wait_for(pubsub.aclose(), 5.0)  # type: ignore[no-untyped-call]
-            await asyncio.sleep(backoff.compute(failures))
+        await listen(self._redis, what="pusher: app bus listener", pattern=pattern,
+                     on_message=lambda m: self._dispatch(_text(m["channel"]), m["data"]),
+                     listening=self.listening, backoff_s=Backoff(0.1, 5.0).compute,
+                     read_timeout_s=READ_TIMEOUT_S)
 
     # -- occupancy --
 
