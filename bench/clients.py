@@ -292,3 +292,24 @@ async def _run(kind: str, url: str, channel: str, count: int, deflate: bool, rea
         if client is not None and client.transport is not None:
             client.transport.close()
     results.put(tally)
+
+
+def stop_all(workers: list[Any], done: Any) -> None:
+    """Tell the client processes to report and end (`done`), and make sure they do."""
+    done.set()
+    for worker in workers:
+        worker.join(timeout=30)
+        if worker.is_alive():
+            worker.terminate()
+
+
+def merge(tallies: list[Tally]) -> dict[Any, list[float]]:
+    """Per event, over every client process: how many clients got it, and when the last
+    one did."""
+    merged: dict[Any, list[float]] = {}
+    for tally in tallies:
+        for key, (count, last) in tally.events.items():
+            entry = merged.setdefault(key, [0, 0.0])
+            entry[0] += count
+            entry[1] = max(entry[1], last)
+    return merged

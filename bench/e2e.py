@@ -24,13 +24,14 @@ CI size: 200 clients, 25 s window; `--full`: 5,000 clients, 180 s.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import multiprocessing as mp
 import resource
 import statistics
 import time
 from typing import Any
 
-from bench.clients import Tally, client_main
+from bench.clients import Tally, client_main, merge, stop_all
 from bench.harness import processes, report, start_stack
 
 SPORTS = ("football", "basketball", "hockey")  # the ones whose live games change often
@@ -46,19 +47,22 @@ SETTLE_S = 5.0  # after the clients connect: the first polls' burst is over
 def run(full: bool) -> None:
     clients = 5000 if full else 200
     window_s = 180.0 if full else 25.0
+    # the simulator's games are quiet for minutes at times: a CI-size run follows on
+    # (up to this long) until it has seen a change to measure
+    longest_s = window_s if full else 120.0
     per_process = 1250 if full else 100
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     wanted = 32_768 if full else 4096
     if soft < wanted:
         resource.setrlimit(resource.RLIMIT_NOFILE, (min(wanted, hard), hard))
-    rows, extra = measure(clients, window_s, per_process)
+    rows, extra = measure(clients, window_s, per_process, longest_s)
     for row in rows:
         print(f"  {row['sport']}: {row['changes']} changes, p99 {row['p99 s']} s "
               f"(bound {row['bound s']} s): {row['pass']}")
     report("e2e_full" if full else "e2e", rows, extra)
 
 
-def measure(clients: int, window_s: float, per_process: int
+def measure(clients: int, window_s: float, per_process: int, longest_s: float
             ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     from btsguru.config import load_config
     from btsguru.pollers.cadence import CadenceSettings
@@ -91,24 +95,17 @@ def measure(clients: int, window_s: float, per_process: int
                   flush=True)
             time.sleep(SETTLE_S)
             since = time.time()
-            follow_s = window_s + max(cadence_s.values()) + 2.0
-            received = asyncio.run(follow_bus(stack.env, follow_s))
+            margin_s = max(cadence_s.values()) + 2.0  # a change near the end is polled
+            received = asyncio.run(follow_bus(stack.env, window_s + margin_s,
+                                              longest_s + margin_s))
+            window_s = max(window_s, (received[-1][0] if received else since) - since)
             time.sleep(1.0)  # the last event's fan-out
             done.set()
             tallies = [results.get(timeout=60) for _ in workers]
             print(f"  measured at {time.monotonic() - began:.1f} s", flush=True)
         finally:
-            done.set()
-            for worker in workers:
-                worker.join(timeout=30)
-                if worker.is_alive():
-                    worker.terminate()
-    merged: dict[Any, list[float]] = {}
-    for tally in tallies:
-        for key, (got, last) in tally.events.items():
-            entry = merged.setdefault(key, [0, 0.0])
-            entry[0] += got
-            entry[1] = max(entry[1], last)
+            stop_all(workers, done)
+    merged = merge(tallies)
     samples = match(received, merged, since, since + window_s)
     rows = [_row(sport, samples.get(sport, []), cadence_s[sport], clients)
             for sport in SPORTS]
@@ -120,8 +117,10 @@ def measure(clients: int, window_s: float, per_process: int
     return rows, extra
 
 
-async def follow_bus(env: dict[str, str], seconds: float) -> list[tuple[float, Any]]:
-    """Every event of the measured sports' channels, with the moment the bus gave it."""
+async def follow_bus(env: dict[str, str], seconds: float, longest_s: float
+                     ) -> list[tuple[float, Any]]:
+    """Every event of the measured sports' channels, with the moment the bus gave it:
+    for `seconds`, or on until a measured kind of event came (at most `longest_s`)."""
     from btsguru.config import load_config
     from btsguru.store.bus import BusEvent, RedisBus
     from btsguru.store.redis import open_redis
@@ -130,13 +129,20 @@ async def follow_bus(env: dict[str, str], seconds: float) -> list[tuple[float, A
     bus = RedisBus(stores.reverb, stores.keys)
     received: list[tuple[float, BusEvent]] = []
 
+    measured = asyncio.Event()
+
     def collect(_channel: str, event: BusEvent) -> None:
         received.append((time.time(), event))
+        if event.event in MEASURED:
+            measured.set()
 
     try:
         for sport in SPORTS:
             await bus.subscribe(f"sports.{sport}", collect)
         await asyncio.sleep(seconds)
+        if longest_s > seconds:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(measured.wait(), longest_s - seconds)
     finally:
         await bus.close()
         await stores.close()

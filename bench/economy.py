@@ -484,7 +484,7 @@ def run_clients(full: bool) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     import time
     import urllib.request
 
-    from bench.clients import client_main
+    from bench.clients import client_main, stop_all
     from bench.harness import processes, start_stack
 
     clients = 5000 if full else 200
@@ -530,11 +530,7 @@ def run_clients(full: bool) -> tuple[list[dict[str, Any]], dict[str, Any]]:
             done.set()
             tallies = [results.get(timeout=60) for _ in workers]
         finally:
-            done.set()
-            for worker in workers:
-                worker.join(timeout=30)
-                if worker.is_alive():
-                    worker.terminate()
+            stop_all(workers, done)
     rows = _clients_rows(before, after, clients)
     rest_total = sum(rest_counts.values())
     measured_s = after[1].at - before[1].at

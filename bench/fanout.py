@@ -43,7 +43,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench.clients import Tally, client_main
+from bench.clients import Tally, client_main, merge, stop_all
 from bench.harness import RESULTS, ROOT, Processes, btsguru, free_port, processes, report, wait_http
 
 CHANNEL = "sports.football.999999.1"  # a game no poller knows: only our events flow on it
@@ -243,17 +243,8 @@ def measure(case: Case, events: int, per_process: int) -> dict[str, Any]:
             done.set()
             tallies = [results.get(timeout=60) for _ in workers]
         finally:
-            done.set()
-            for worker in workers:
-                worker.join(timeout=30)
-                if worker.is_alive():
-                    worker.terminate()
-    merged: dict[int, list[float]] = {}
-    for tally in tallies:
-        for n, (count, last) in tally.events.items():
-            entry = merged.setdefault(n, [0, 0.0])
-            entry[0] += count
-            entry[1] = max(entry[1], last)
+            stop_all(workers, done)
+    merged = merge(tallies)
     in_order = [round((merged[n][1] - sent[n]) * 1000, 1) for n in sent if n in merged]
     latencies = sorted(in_order)
     delivered = min((merged.get(n, [0, 0.0])[0] for n in sent), default=0)
