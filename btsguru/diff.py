@@ -14,7 +14,10 @@ clock, no seq numbers (the store numbers the changes when it broadcasts them).
 2. `game.score` (a score changed, but not at kick-off, which `game.started` carries):
    both scores, and `periods` when they changed too;
 3. one `game.event` per in-game event that is new by identity (type, clock, team,
-   player, detail): re-sending or reordering the same events is not new;
+   player, detail): re-sending or reordering the same events is not new. When the
+   same poll brings events before the first new goal (a substitution a minute
+   earlier), those come before the `game.score`, so that the goal still follows its
+   score at once;
 4. `game.finished` (the phase became `finished`): the status fields and the final score;
 5. `game.updated`: every other difference the contract exposes (league fields,
    `start_time`, team ids and names, `periods` without a score change, `status.detail`
@@ -55,6 +58,7 @@ GAME_STARTED = "game.started"
 GAME_SCORE = "game.score"
 GAME_STATUS = "game.status"
 GAME_EVENT = "game.event"
+GOAL = "goal"  # the event type that moves a score
 GAME_FINISHED = "game.finished"
 GAME_UPDATED = "game.updated"
 
@@ -89,15 +93,23 @@ def diff_games(old: Game | None, new: Game) -> list[Change]:
         out.append(change(GAME_STARTED, changes))
     elif status_moved and not finished:
         out.append(change(GAME_STATUS, _status_changes(now)))
+    score: Change | None = None
     if scores_moved and not started:
         changes = _score_changes(new)
         if periods_moved:
             changes["periods"] = periods_to_json(new.periods)
             periods_told = True
-        out.append(change(GAME_SCORE, changes))
+        score = change(GAME_SCORE, changes)
     fresh = _new_events(old.events, new.events)
-    out.extend(Change(event=GAME_EVENT, sport=new.sport, league_id=new.league.id,
-                      game_id=new.id, game_event=event) for event in fresh)
+    # the score goes right before the first new goal (the contract: a goal's score and
+    # event take consecutive seq numbers), after what came before it in the same poll
+    goal_at = next((i for i, e in enumerate(fresh) if e.type == GOAL), 0) if score else 0
+    told = [Change(event=GAME_EVENT, sport=new.sport, league_id=new.league.id,
+                   game_id=new.id, game_event=event) for event in fresh]
+    out.extend(told[:goal_at])
+    if score is not None:
+        out.append(score)
+    out.extend(told[goal_at:])
     if finished:
         changes = _status_changes(now)
         changes.update(_score_changes(new))  # the contract: finished carries the final score

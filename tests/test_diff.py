@@ -310,10 +310,20 @@ def test_apply_of_diff_reproduces_the_new_game(a, b):
         assert applied.status == b.status
     if without_clock(a) == without_clock(b):
         assert changes == []  # a clock tick alone is not a change
-    order = ["game.started", "game.status", "game.score", "game.event", "game.finished",
-             "game.updated"]
-    ranks = [order.index(c.event) for c in changes]
+    # score and events share a rank: events the poll brought before the first new goal
+    # precede the score, so that the goal follows its score at once
+    order = ["game.started", "game.status", "game.score", "game.finished", "game.updated"]
+    ranks = [order.index("game.score" if c.event == "game.event" else c.event)
+             for c in changes]
     assert ranks == sorted(ranks)
+    kinds_told = [c.event for c in changes]
+    goals = [i for i, c in enumerate(changes)
+             if c.game_event is not None and c.game_event.type == "goal"]
+    if "game.score" in kinds_told and goals:
+        at = kinds_told.index("game.score")
+        assert goals[0] == at + 1
+        assert all(c.event != "game.event" or i > at or c.game_event.type != "goal"
+                   for i, c in enumerate(changes))
     assert all(isinstance(c, Change) and c.game_id == 7 for c in changes)
     # the data is JSON-ready: through the one encoding and back, nothing changes
     assert game_from_json(game_to_json(applied)) == applied
@@ -335,3 +345,13 @@ def test_snapshot_plus_later_changes_equals_a_fresh_snapshot(states, data):
     caught_up = apply_changes(snapshot, [c for c in log if c.seq > snapshot.seq])
     assert without_clock(caught_up) == without_clock(stored[-1])
     assert caught_up.seq == stored[-1].seq
+
+
+def test_an_earlier_event_in_the_same_poll_goes_before_the_score_its_goal_follows():
+    sub = GameEvent("substitution", "22", 34, "A. Onana", assist="T. Heaton")
+    old = football("1H", 0, 0, clock="21", periods=[Period("1H", 0, 0)], events=[CARD])
+    new = football("1H", 1, 0, clock="23", periods=[Period("1H", 1, 0)],
+                   events=[CARD, sub, GOAL], at="2024-08-16T19:23:05Z")
+    changes = assert_round_trip(old, new)
+    assert kinds(changes) == ["game.event", "game.score", "game.event"]
+    assert [c.game_event for c in changes] == [sub, None, GOAL]
