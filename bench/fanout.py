@@ -44,7 +44,16 @@ from pathlib import Path
 from typing import Any
 
 from bench.clients import Tally, client_main, merge, stop_all
-from bench.harness import RESULTS, ROOT, Processes, btsguru, free_port, processes, report, wait_http
+from bench.harness import (
+    RESULTS,
+    ROOT,
+    Processes,
+    bench_user,
+    free_port,
+    processes,
+    report,
+    wait_http,
+)
 
 CHANNEL = "sports.football.999999.1"  # a game no poller knows: only our events flow on it
 EVENT = "game.updated"
@@ -84,18 +93,7 @@ def _btsguru_env() -> dict[str, str]:
 
 def start_btsguru(group: Processes, case: Case) -> Server:
     env = _btsguru_env()
-    btsguru("migrate", env=env)
-    btsguru("users", "create", "fanout@example.com", "--password", "bench-password",
-            "--tier", "enterprise", env=env)
-    # measure the server, not the tier: lift enterprise's stream and rate limits
-    subprocess.run([sys.executable, "-c", (
-        "import asyncio;from btsguru.db import connect_database;from btsguru.db.runner import "
-        "DatabaseRunner;from btsguru.auth.tiers import TierService;"
-        f"r=DatabaseRunner(connect_database('{env['DATABASE_URL']}'));"
-        "asyncio.run(TierService(r).update('enterprise', rest_rate=10**9, rest_period_s=1, "
-        "rest_burst=10**9, daily_quota=None, max_streams=10**6));r.close()")],
-        check=True, env={**os.environ, **env})
-    key = btsguru("keys", "create", "fanout@example.com", env=env).strip().splitlines()[-1]
+    key = bench_user(env, "fanout@example.com", max_streams=10**6)
     port = free_port()
     process = group.start([sys.executable, "-m", "btsguru", "serve", "--port", str(port),
                            "--processes", str(case.processes), "--no-pollers"], env=env)

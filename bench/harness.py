@@ -84,6 +84,24 @@ def btsguru(*args: str, env: dict[str, str]) -> str:
     return result.stdout
 
 
+def bench_user(env: dict[str, str], email: str, *, max_streams: int | None = None) -> str:
+    """Migrate the scratch database, create an enterprise user whose rate limit is lifted
+    (a benchmark measures the server, not the tier; `max_streams` lifts its stream
+    limit too) and return a new API key of theirs."""
+    btsguru("migrate", env=env)
+    btsguru("users", "create", email, "--password", "bench-password", "--tier", "enterprise",
+            env=env)
+    subprocess.run([sys.executable, "-c", (
+        "import asyncio;from btsguru.db import connect_database;from btsguru.db.runner import "
+        "DatabaseRunner;from btsguru.auth.tiers import TierService;"
+        f"r=DatabaseRunner(connect_database('{env['DATABASE_URL']}'));"
+        "asyncio.run(TierService(r).update('enterprise', rest_rate=10**9, rest_period_s=1, "
+        "rest_burst=10**9, daily_quota=None"
+        f"{'' if max_streams is None else f', max_streams={max_streams}'}));r.close()")],
+        check=True, cwd=ROOT, env={**os.environ, **env})
+    return btsguru("keys", "create", email, env=env).strip().splitlines()[-1]
+
+
 @dataclass
 class Stack:
     """The simulator and a btsguru server on a scratch database and Redis prefix."""
@@ -116,20 +134,7 @@ def start_stack(group: Processes, *, processes_n: int = 1, pollers: bool = False
     }
     for sport in ("FOOTBALL", "BASKETBALL", "HOCKEY", "BASEBALL", "AMERICAN_FOOTBALL"):
         env[f"RAPIDAPI_BASE_URL_{sport}"] = f"{simulator_url}/{sport.lower().replace('_', '-')}"
-    btsguru("migrate", env=env)
-    btsguru("users", "create", "bench@example.com", "--password", "bench-password",
-            "--tier", "enterprise", env=env)
-    # the benchmark measures the server, not the tier: lift enterprise's rate limit
-    subprocess.run([sys.executable, "-c", (
-        "import asyncio;from btsguru.db import connect_database;from btsguru.db.runner import "
-        "DatabaseRunner;from btsguru.auth.tiers import TierService;"
-        f"r=DatabaseRunner(connect_database('{env['DATABASE_URL']}'));"
-        "asyncio.run(TierService(r).update('enterprise', rest_rate=10**9, rest_period_s=1, "
-        "rest_burst=10**9, daily_quota=None"
-        f"{'' if max_streams is None else f', max_streams={max_streams}'}));r.close()")],
-        check=True, cwd=ROOT,
-        env={**os.environ, **env})
-    key = btsguru("keys", "create", "bench@example.com", env=env).strip().splitlines()[-1]
+    key = bench_user(env, "bench@example.com", max_streams=max_streams)
     group.start([sys.executable, "-m", "btsguru", "serve", "--port", str(port),
                  "--processes", str(processes_n), *([] if pollers else ["--no-pollers"])],
                 env=env)
