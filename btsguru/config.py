@@ -276,6 +276,33 @@ class Config:
     pusher_public_per_ip: int = setting(
         "PUSHER_PUBLIC_PER_IP", "20",
         "Anonymous Pusher connections allowed per IP address.", _parse_int(1))
+    pusher_max_subscriptions: int = setting(
+        "PUSHER_MAX_SUBSCRIPTIONS", "200",
+        "Channels one Pusher connection may hold (more: subscription_error LimitReached).",
+        _parse_int(1))
+    pusher_messages_per_s: int = setting(
+        "PUSHER_MESSAGES_PER_S", "20",
+        "Messages per second one anonymous Pusher connection may send (more: error 4301).",
+        _parse_int(1))
+    pusher_client_events_per_s: int = setting(
+        "PUSHER_CLIENT_EVENTS_PER_S", "10",
+        "Client events per second per Pusher connection (more: error 4301).", _parse_int(1))
+
+    # -- HTTP limits: every connection, before any handler runs (server.http_server) --
+    http_idle_timeout_s: int = setting(
+        "HTTP_IDLE_TIMEOUT_S", "75",
+        "Seconds a connection may take to send a request's headers, or idle between "
+        "requests, before it is closed.", _parse_int(1))
+    http_body_timeout_s: int = setting(
+        "HTTP_BODY_TIMEOUT_S", "30",
+        "Seconds a request's whole body may take to arrive before the connection is closed.",
+        _parse_int(1))
+    http_max_header_bytes: int = setting(
+        "HTTP_MAX_HEADER_BYTES", "65536",
+        "Request line and headers, in bytes (more: JSON 414 or 431).", _parse_int(1024))
+    http_max_body_bytes: int = setting(
+        "HTTP_MAX_BODY_BYTES", "1048576", "Request body, in bytes (more: JSON 413).",
+        _parse_int(1024))
 
     # -- REST API (names from the original specification) --
     api_cache_enabled: bool = setting("API_CACHE_ENABLED", "true",
@@ -351,10 +378,13 @@ class Config:
         _parse_int(1, 100))
     poll_backoff_base_s: int = setting(
         "POLL_BACKOFF_BASE_S", "5",
-        "A failing poller waits its cadence plus up to this, doubling per failure.",
+        "A poller failing, not by the upstream host, waits its cadence plus up to this, "
+        "doubling per failure.",
         _parse_int(1))
     poll_backoff_cap_s: int = setting(
-        "POLL_BACKOFF_CAP_S", "300", "The most a failing poller's backoff adds.", _parse_int(1))
+        "POLL_BACKOFF_CAP_S", "300",
+        "The most that backoff adds; after an upstream host failure a poller retries at its "
+        "cadence.", _parse_int(1))
 
     # -- storage and secrets --
     database_url: str = setting(

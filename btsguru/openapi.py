@@ -230,6 +230,14 @@ PATHS: dict[str, Any] = {
                               "content": {"text/plain": {"schema": {"type": "string"}}}},
                       "401": _error("METRICS_TOKEN is set and was not given.")}}},
 }
+# Answered before routing, for every path (`server.http_server`, HTTP_MAX_HEADER_BYTES)
+_REQUEST_LIMITS = {
+    "414": _error("The URI, query string included, is longer than the server accepts."),
+    "431": _error("The request's headers are larger than the server accepts."),
+}
+for _item in PATHS.values():
+    for _operation in _item.values():
+        _operation["responses"].update(_REQUEST_LIMITS)
 PATHS["/broadcasting/auth"] = PATHS["/v1/realtime/auth"]
 
 

@@ -23,9 +23,15 @@ import sys
 import time
 from collections.abc import Awaitable, Callable
 
+import orjson
 import tornado.httpserver
+import tornado.iostream
 import tornado.netutil
+import tornado.web
+from tornado import httputil
+from tornado.http1connection import HTTP1Connection
 
+from btsguru import metrics
 from btsguru.app import Services, make_app, open_services
 from btsguru.config import Config
 
@@ -51,6 +57,10 @@ def _arm_stop_deadline(on_expiry: Callable[[], None]) -> None:
     signal.alarm(STOP_DEADLINE_S)
 
 EXIT_STUCK = 70  # EX_SOFTWARE: the shutdown had to be cut short
+# Tornado reads a request's head up to this many times HTTP_MAX_HEADER_BYTES, so that a
+# request over the limit is still parsed and answered (JSON 414/431); past that, memory
+# comes first: Tornado closes the connection unanswered, since it cannot parse the head.
+HEADER_READ_FACTOR = 2
 
 Hook = Callable[[Services, int], Awaitable[None]]
 
@@ -67,7 +77,7 @@ async def serve_sockets(config: Config, sockets: list[socket.socket], *,
         services.start_background()
         app = make_app(services)
         _freeze_startup_objects()
-        server = tornado.httpserver.HTTPServer(app, xheaders=True)
+        server = http_server(app, config)
         server.add_sockets(sockets)
         port = sockets[0].getsockname()[1]
         log.info("serving on port %d (pid %d)", port, os.getpid())
@@ -90,6 +100,104 @@ async def serve_sockets(config: Config, sockets: list[socket.socket], *,
                 await asyncio.wait_for(server.close_all_connections(), DRAIN_S)
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.remove_signal_handler(sig)
+
+
+def http_server(app: tornado.web.Application, config: Config) -> LimitedHTTPServer:
+    """The HTTP server of `app`, with the configured limits on every connection: a
+    request's head must arrive within HTTP_IDLE_TIMEOUT_S (Tornado applies its idle
+    timeout to the whole header read, so headers dribbled byte by byte do not keep a
+    connection open) and its body within HTTP_BODY_TIMEOUT_S; sizes as `RequestLimits`.
+    Streams are not affected: a WebSocket leaves HTTP after its handshake, and an SSE
+    response is a write, not a read."""
+    server = LimitedHTTPServer(
+        app, xheaders=True, idle_connection_timeout=float(config.http_idle_timeout_s),
+        body_timeout=float(config.http_body_timeout_s),
+        max_header_size=HEADER_READ_FACTOR * config.http_max_header_bytes,
+        max_body_size=config.http_max_body_bytes)
+    server.max_header_bytes = config.http_max_header_bytes
+    server.max_body_bytes = config.http_max_body_bytes
+    return server
+
+
+class LimitedHTTPServer(tornado.httpserver.HTTPServer):
+    """Tornado's server, with each request's size checked before the application sees
+    it (`RequestLimits`)."""
+
+    max_header_bytes = 65536
+    max_body_bytes = 1 << 20
+
+    def start_request(self, server_conn: object, request_conn: httputil.HTTPConnection,
+                      ) -> httputil.HTTPMessageDelegate:
+        return RequestLimits(super().start_request(server_conn, request_conn), request_conn,
+                             self.max_header_bytes, self.max_body_bytes)
+
+
+class RequestLimits(httputil.HTTPMessageDelegate):
+    """Answers a request over a size limit itself, with the contract's JSON error and a
+    close, instead of Tornado's bare 400 (or silent close): a URI longer than
+    HTTP_MAX_HEADER_BYTES is 414, a longer head 431, a declared body over
+    HTTP_MAX_BODY_BYTES 413 (before a byte of it is read). A chunked body that outgrows
+    the limit is still cut off by Tornado's own 400."""
+
+    def __init__(self, inner: httputil.HTTPMessageDelegate,
+                 connection: httputil.HTTPConnection, max_header_bytes: int,
+                 max_body_bytes: int) -> None:
+        self.inner = inner
+        self.connection = connection
+        self.max_header_bytes = max_header_bytes
+        self.max_body_bytes = max_body_bytes
+
+    def headers_received(self, start_line: httputil.RequestStartLine | httputil.ResponseStartLine,
+                         headers: httputil.HTTPHeaders) -> Awaitable[None] | None:
+        assert isinstance(start_line, httputil.RequestStartLine)
+        refusal = self._refusal(start_line, headers)
+        if refusal is None or not isinstance(self.connection, HTTP1Connection):
+            return self.inner.headers_received(start_line, headers)
+        return self._refuse(self.connection, *refusal)
+
+    def _refusal(self, start_line: httputil.RequestStartLine, headers: httputil.HTTPHeaders,
+                 ) -> tuple[int, str, str, str] | None:
+        """(status, reason, code, message) when the request is over a limit."""
+        limit = self.max_header_bytes
+        if len(start_line.path) > limit:
+            return 414, "URI Too Long", "uri_too_long", f"the URI is over {limit} bytes"
+        size = len(start_line.method) + len(start_line.path) + len(start_line.version) + 4
+        size += sum(len(name) + len(value) + 4 for name, value in headers.get_all())
+        if size > limit:
+            return (431, "Request Header Fields Too Large", "header_fields_too_large",
+                    f"the request line and headers are over {limit} bytes")
+        declared = headers.get("Content-Length", "0").strip()
+        if declared.isdigit() and int(declared) > self.max_body_bytes:
+            return (413, "Payload Too Large", "payload_too_large",
+                    f"the body is over {self.max_body_bytes} bytes")
+        return None
+
+    async def _refuse(self, connection: HTTP1Connection, status: int, reason: str, code: str,
+                      message: str) -> None:
+        """Write the answer on the stream, taken from HTTP processing (nothing more of
+        this connection is read), then close it."""
+        log.debug("refused a request from %s: %d %s", connection.context, status, code)
+        metrics.http_series("RequestLimits", str(status))[0].inc()
+        body = orjson.dumps({"error": {"code": code, "message": message}})
+        head = (f"HTTP/1.1 {status} {reason}\r\nContent-Type: application/json\r\n"
+                f"Content-Length: {len(body)}\r\nCache-Control: no-store\r\n"
+                "Connection: close\r\n\r\n").encode()
+        stream = connection.detach()
+        try:
+            await stream.write(head + body)
+        except tornado.iostream.StreamClosedError:
+            pass  # the client is gone: nothing to tell it
+        finally:
+            stream.close()
+
+    def data_received(self, chunk: bytes) -> Awaitable[None] | None:
+        return self.inner.data_received(chunk)
+
+    def finish(self) -> None:
+        self.inner.finish()
+
+    def on_connection_close(self) -> None:
+        self.inner.on_connection_close()
 
 
 def _freeze_startup_objects() -> None:

@@ -1,8 +1,10 @@
 """The base of every JSON handler: error rendering, request ids and the no-cookie XSRF rule.
 
 A handler subclasses `JsonHandler`, parses, calls one service and calls `write_json`.
-Any `BtsguruError` raised becomes the contract's JSON error with its status; anything
-else becomes a JSON 500 with no detail (and one logged traceback) — never an HTML page.
+Any `BtsguruError` raised becomes the contract's JSON error with its status; a Redis
+error that no service turned into one (Redis restarting or unreachable) becomes the JSON
+503 `unavailable` with `Retry-After`; anything else becomes a JSON 500 with no detail
+(and one logged traceback) — never an HTML page.
 """
 
 from __future__ import annotations
@@ -14,10 +16,11 @@ from typing import Any
 import orjson
 import tornado.web
 import tornado.websocket
+from redis.exceptions import RedisError
 from tornado.httputil import HTTPServerRequest
 
 from btsguru import metrics
-from btsguru.errors import BtsguruError
+from btsguru.errors import BtsguruError, Unavailable
 
 log = logging.getLogger(__name__)
 access_log = logging.getLogger("tornado.access")
@@ -26,6 +29,13 @@ access_log = logging.getLogger("tornado.access")
 _CODES = {400: "bad_request", 403: "forbidden", 404: "not_found", 405: "method_not_allowed",
           413: "payload_too_large", 429: "rate_limited", 500: "internal_error",
           502: "upstream_error", 503: "unavailable"}
+REDIS_RETRY_AFTER_S = 2  # Redis back from a restart answers within seconds
+
+
+def redis_unavailable() -> Unavailable:
+    """What a request that hit a Redis error is told (never the error: it names hosts)."""
+    return Unavailable("a data store is unreachable; try again shortly",
+                       retry_after_s=REDIS_RETRY_AFTER_S)
 
 
 class JsonHandler(tornado.web.RequestHandler):
@@ -63,11 +73,18 @@ class JsonHandler(tornado.web.RequestHandler):
 
     def send_error(self, status_code: int = 500, **kwargs: Any) -> None:
         exc = kwargs.get("exc_info", (None, None, None))[1]
+        if isinstance(exc, RedisError):
+            exc = redis_unavailable()
+            kwargs["exc_info"] = (type(exc), exc, None)
         if isinstance(exc, BtsguruError):
             status_code = exc.status
         super().send_error(status_code, **kwargs)
 
     def log_exception(self, typ: Any, value: Any, tb: Any) -> None:
+        if isinstance(value, RedisError):
+            log.info("%s %s -> 503: Redis: %s (request id %s)", self.request.method,
+                     self.request.path, value, self.request_id)
+            return
         if isinstance(value, BtsguruError):
             # answered with the contract's JSON; degraded service (502/503) is the
             # alerter's to report, not one warning per request
