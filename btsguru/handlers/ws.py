@@ -40,14 +40,18 @@ from __future__ import annotations
 import contextlib
 import logging
 import random
+import struct
 import time
 from typing import Any
 
 import orjson
+import tornado.web
 import tornado.websocket
+from tornado.iostream import StreamClosedError
 
 from btsguru.auth.access import AccessService, Principal
 from btsguru.errors import BadRequest, BtsguruError, RateLimited
+from btsguru.handlers.base import _CODES as ERROR_CODES
 from btsguru.realtime.channels import Channel, parse_channel
 from btsguru.realtime.connection import Connection, EventFacts
 from btsguru.realtime.cursor import Cursor, parse_cursor
@@ -86,6 +90,61 @@ class WebSocketConnection(Connection):
 
     def _transport_close(self, code: int, reason: str) -> None:
         self.handler.close(code, reason.encode()[:CLOSE_REASON_BYTES].decode(errors="ignore"))
+
+
+class FailingProtocol(tornado.websocket.WebSocketProtocol13):
+    """Tornado's RFC 6455 protocol, except that a connection it fails for a protocol
+    violation (reserved bits, an unknown opcode, a fragmented or oversized control frame,
+    a stray continuation) is told why before the socket closes: a close frame with 1002,
+    or 1007 for a text message that is not UTF-8, as RFC 6455 section 7.1.7 asks. Tornado
+    closes the socket alone, so the peer sees 1006 and cannot tell a bad frame of its own
+    from a network failure. A close after the handshake only: before it there is no
+    WebSocket to close (`stream` is set once the handshake is done)."""
+
+    _fail_code = 1002
+
+    def _handle_message(self, opcode: int, data: bytes) -> Any:
+        # the only failure left inside a text message is invalid UTF-8 (an oversized
+        # inflated message is closed with 1009 before it fails)
+        self._fail_code = 1007 if opcode == 0x1 else 1002
+        try:
+            return super()._handle_message(opcode, data)
+        finally:
+            self._fail_code = 1002
+
+    def _abort(self) -> None:
+        stream = self.stream
+        if not self.server_terminated and stream is not None and not stream.closed():
+            with contextlib.suppress(StreamClosedError):
+                self._write_frame(True, 0x8, struct.pack("!H", self._fail_code))
+        super()._abort()
+
+
+def failing_protocol(handler: tornado.websocket.WebSocketHandler,
+                     ) -> tornado.websocket.WebSocketProtocol | None:
+    """`WebSocketHandler.get_websocket_protocol` with `FailingProtocol`."""
+    if handler.request.headers.get("Sec-WebSocket-Version") != "13":
+        return None
+    params = tornado.websocket._WebSocketParams(
+        ping_interval=handler.ping_interval, ping_timeout=handler.ping_timeout,
+        max_message_size=handler.max_message_size,
+        compression_options=handler.get_compression_options())
+    return FailingProtocol(handler, False, params)
+
+
+def handshake_problem(headers: Any) -> str | None:
+    """Why a request to a WebSocket endpoint is not a handshake Tornado can accept (the
+    checks Tornado makes, which it answers with a text page), or None."""
+    if headers.get("Upgrade", "").lower() != "websocket":
+        return 'a WebSocket endpoint: send "Upgrade: websocket"'
+    if "upgrade" not in [part.strip().lower() for part in headers.get("Connection", "")
+                         .split(",")]:
+        return 'a WebSocket endpoint: send "Connection: Upgrade"'
+    if headers.get("Sec-WebSocket-Version") != "13":
+        return "unsupported WebSocket version: send Sec-WebSocket-Version: 13"
+    if not headers.get("Sec-WebSocket-Key") or not headers.get("Host"):
+        return "a WebSocket handshake needs Host and Sec-WebSocket-Key"
+    return None
 
 
 def shed_handshake(handler: tornado.websocket.WebSocketHandler,
@@ -189,6 +248,29 @@ class WebSocketHandler(tornado.websocket.WebSocketHandler):
 
     def check_origin(self, origin: str) -> bool:
         return True  # authenticated by API key, not by cookie: any page may connect
+
+    def get_websocket_protocol(self) -> tornado.websocket.WebSocketProtocol | None:
+        return failing_protocol(self)
+
+    # -- a request that is no handshake: a JSON error, as everywhere under /v1 --
+
+    def check_xsrf_cookie(self) -> None:
+        """Authenticated by API key, no cookie: another method gets 405, not an XSRF page."""
+
+    async def get(self, *args: Any, **kwargs: Any) -> None:
+        problem = handshake_problem(self.request.headers)
+        if problem is not None:
+            self.set_header("Sec-WebSocket-Version", "13")  # RFC 6455 4.2.2
+            raise tornado.web.HTTPError(400, problem)
+        await super().get(*args, **kwargs)
+
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
+        exc = kwargs.get("exc_info", (None, None, None))[1]
+        message = exc.log_message if isinstance(exc, tornado.web.HTTPError) and \
+            exc.log_message and status_code < 500 else self._reason
+        self.set_header("Content-Type", "application/json")
+        self.finish(orjson.dumps({"error": {"code": ERROR_CODES.get(status_code, "error"),
+                                            "message": message}}))
 
     # -- the connection --
 

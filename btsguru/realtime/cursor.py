@@ -34,6 +34,10 @@ from btsguru.errors import BadRequest
 from btsguru.store.history import STREAM_ID_RE, parse_stream_id
 
 CURSOR_MAX_LENGTH = 1024  # five sports take about 200 characters; far more is not ours
+# Redis takes each part of a stream id as an unsigned 64-bit number, and refuses a range
+# that starts after the largest one; ours are millisecond times and small counters, so
+# a larger part comes from no server (unchecked, Redis's refusal read as an outage).
+ID_PART_LIMIT = 2**63
 NO_POSITION = "0-0"  # a sport with no history yet: any event after it is new
 
 # A stream id as a comparable pair (ms, seq).
@@ -70,6 +74,8 @@ def parse_cursor(text: str, sports: Iterable[str]) -> Cursor:
     if not text or len(text) > CURSOR_MAX_LENGTH:
         raise InvalidCursor("invalid cursor: empty or too long")
     if STREAM_ID_RE.match(text):
+        if not _in_range(text):
+            raise InvalidCursor(f"invalid cursor {text[:40]!r}: not an id of this server")
         return Cursor({}, everywhere=text)
     try:
         raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)).decode("ascii")
@@ -80,11 +86,16 @@ def parse_cursor(text: str, sports: Iterable[str]) -> Cursor:
     positions: dict[str, str] = {}
     for part in raw.split(","):
         sport, sep, id = part.partition("=")
-        if not sep or not STREAM_ID_RE.match(id):
+        if not sep or not STREAM_ID_RE.match(id) or not _in_range(id):
             raise InvalidCursor(f"invalid cursor {text[:40]!r}: not a cursor from this server")
         if sport in relayed:
             positions[sport] = id
     return Cursor(positions)
+
+
+def _in_range(id: str) -> bool:
+    """Whether a well-formed stream id is one Redis can start a range after."""
+    return all(part < ID_PART_LIMIT for part in parse_stream_id(id))
 
 
 def stream_pos(id: str) -> StreamPos:

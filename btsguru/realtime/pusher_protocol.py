@@ -48,7 +48,7 @@ PONG_NOT_RECEIVED = 4201
 CLIENT_EVENT_RATE = 4301
 
 _CHANNEL_RE = re.compile(r"^[A-Za-z0-9_\-=@,.;]{1,164}$")
-_VERSION_RE = re.compile(r"^\d+(\.\d+){0,3}([-+][0-9A-Za-z.\-]+)?$")
+_VERSION_RE = re.compile(r"^\d+(\.\d+){0,3}([-+][0-9A-Za-z.\-]+)?\Z", re.ASCII)
 GAME_PREFIX = "sports."
 
 
@@ -65,10 +65,11 @@ class PusherProtocolError(Exception):
 # -- channel names --
 
 def valid_channel(name: str) -> bool:
-    return bool(_CHANNEL_RE.match(name)) or _is_user_channel(name)
+    return bool(_CHANNEL_RE.match(name)) or is_user_channel(name)
 
 
-def _is_user_channel(name: str) -> bool:
+def is_user_channel(name: str) -> bool:
+    """`#server-to-user-{user_id}`: the channel of the signed-in user it names."""
     return name.startswith("#server-to-user-") and 16 < len(name) <= CHANNEL_MAX_LENGTH
 
 
@@ -153,7 +154,9 @@ def check_version(query: Mapping[str, str]) -> tuple[int, str] | None:
     protocol = query.get("protocol")
     if not protocol:
         return NO_PROTOCOL, "No protocol version supplied"
-    if not protocol.isdigit() or int(protocol) < 5 or int(protocol) > PROTOCOL_VERSION:
+    # isdigit() alone admits digits int() refuses (a superscript one)
+    if not (protocol.isascii() and protocol.isdigit()) or not 5 <= int(protocol) <= \
+            PROTOCOL_VERSION:
         return UNSUPPORTED_PROTOCOL, f"Unsupported protocol version {protocol[:20]}"
     version = query.get("version")
     if version is not None and not _VERSION_RE.match(version):

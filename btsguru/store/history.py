@@ -39,7 +39,9 @@ HISTORY_RETENTION_S = 15 * 60  # the contract's window is 10 min; 5 min of margi
 HISTORY_MAX_ENTRIES = 100_000  # per sport: hours of a busy Saturday; only a runaway hits it
 READ_BATCH = 1000  # entries per XRANGE call while replaying
 
-STREAM_ID_RE = re.compile(r"^\d{1,20}-\d{1,20}$")
+# ASCII digits only, and nothing after them (`$` would allow a line break): anything
+# else Redis refuses, and a client's id must fail here, not as a Redis error
+STREAM_ID_RE = re.compile(r"^\d{1,20}-\d{1,20}\Z", re.ASCII)
 
 # Appends one event and publishes it; `append_event(...)` is a Lua function that the
 # scripts of `store.games` and `EventHistory.append` both include. The published message
