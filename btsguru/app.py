@@ -43,6 +43,7 @@ from btsguru.handlers.ws import WebSocketHandler
 from btsguru.pollers.service import Pollers
 from btsguru.pollers.state import PollerStateReader
 from btsguru.realtime.hub import Hub
+from btsguru.realtime.revocation import StreamRevoker
 from btsguru.realtime.slots import StreamSlots
 from btsguru.store.bus import Bus, RedisBus
 from btsguru.store.cache import RawCache
@@ -145,6 +146,10 @@ async def open_services(config: Config, clock: Clock | None = None) -> AsyncIter
         stack.push_async_callback(pollers.stop)
         hub = Hub(bus, history, games, StreamSlots(redis.reverb, redis.keys), config.sports)
         stack.push_async_callback(hub.close)  # before the bus and the store it reads
+        # a revoked key's or disabled user's open streams close too, not only its requests
+        revoker = StreamRevoker(lambda: list(hub.connections.values()), access.active_key_ids)
+        access.on_invalidation(revoker.invalidated)
+        stack.push_async_callback(revoker.close)
         pusher = PusherState(redis.reverb, redis.keys)
         stack.push_async_callback(pusher.close)  # after the hub closed its connections
         alerts = Alerter(
@@ -191,5 +196,7 @@ def make_app(s: Services, **settings: Any) -> tornado.web.Application:
         static_path=str(STATIC),
         cookie_secret=s.config.secret_key.reveal() or None,
         xsrf_cookies=True,
+        # the token reaches forms and htmx through the page, never through script
+        xsrf_cookie_kwargs={"httponly": True, "samesite": "Lax"},
         **settings,
     )

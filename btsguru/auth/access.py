@@ -19,7 +19,17 @@ its own. The TTL is the safety net for a lost message (pub/sub is at-most-once) 
 change made straight in the database; an entry's age counts from the start of the query
 that produced it, so a read racing a revocation cannot outlive the bound. A listener that
 reconnects clears its whole cache, since it may have missed messages meanwhile. Expiry
-(`expires_at`) is checked on every request, not cached.
+(`expires_at`) is checked on every request, not cached. Every invalidation, local or
+heard, is also handed to the `on_invalidation` listeners: open streams make no further
+requests, so `realtime.revocation` re-checks their keys and closes the revoked ones.
+
+A database outage does not stop keys this process already knows (issue 10: the hot
+paths keep working while the database is unreachable). When the query that would
+refresh an entry fails with `Unavailable` (or takes longer than `STALE_WAIT_S`), the
+last principal the database gave is served again for `STALE_RETRY_S` at a time, for at
+most `AUTH_STALE_IF_ERROR_S` after that answer; the refresh is retried meanwhile.
+Invalidations still apply at once, since they travel through Redis, not the database.
+A key this process has not seen gets 503 until the database answers.
 """
 
 from __future__ import annotations
@@ -27,10 +37,10 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import TypeVar
+from typing import NamedTuple, TypeVar
 
 import orjson
 from redis.exceptions import RedisError
@@ -43,7 +53,14 @@ from btsguru.auth.watch import AccessWatch
 from btsguru.clock import Clock
 from btsguru.config import Config
 from btsguru.db.runner import DatabaseRunner
-from btsguru.errors import BtsguruError, Forbidden, NotFound, Unauthorized, Unavailable
+from btsguru.errors import (
+    BtsguruError,
+    Forbidden,
+    NotFound,
+    Unauthorized,
+    Unavailable,
+    store_unavailable,
+)
 from btsguru.lifecycle import cancel_tasks
 from btsguru.store.pubsub import listen
 from btsguru.store.redis import RedisStores
@@ -60,11 +77,23 @@ AUTH_CACHE_TTL_S = 4.0
 NEGATIVE_CACHE_TTL_S = 4.0
 # Bounds memory when someone sprays random keys: the oldest entries go first.
 MAX_CACHED_KEYS = 50_000
+# Stale-if-error (see the module): a known key keeps working through a database outage
+# this long after the database last vouched for it; an hour covers a failover or a
+# restart with margin, while a process cut off for longer stops trusting old answers.
+AUTH_STALE_IF_ERROR_S = 3600.0
+# While the database is failing, a served-stale entry is retried this often (one
+# query per key, in the background, as the refresh-ahead does).
+STALE_RETRY_S = 2.0
+# A database that hangs instead of refusing must not hold a request for its connect
+# timeout: after this long the stale principal answers and the query goes on alone.
+STALE_WAIT_S = 1.0
 # last_used_at is for people ("used 2 minutes ago"): a write a minute is plenty.
 LAST_USED_INTERVAL_S = 60.0
 MAX_LOOP_BACKOFF_S = 60.0
 STOP_FLUSH_TIMEOUT_S = 5.0
 USAGE_RETRY_AFTER_S = 5
+USAGE_DB_DOWN = ("usage is unavailable right now (the database does not answer); your "
+                 "requests are still counted and will show when it is back")
 
 
 @dataclass(frozen=True)
@@ -84,6 +113,23 @@ class Principal:
 
 
 @dataclass(frozen=True)
+class Invalidation:
+    """What one invalidation covers (a key by its hash, a user, a tier, or everything),
+    for whoever holds principals beyond one request."""
+
+    key_hash: str | None = None
+    user_id: int | None = None
+    tier: str | None = None
+    everything: bool = False
+
+
+class _Entry(NamedTuple):
+    expires_at: float  # monotonic; the entry is served until then
+    principal: Principal
+    vouched_at: float  # monotonic start of the last query that found it
+
+
+@dataclass(frozen=True)
 class Admission:
     principal: Principal
     decision: RateDecision
@@ -96,7 +142,8 @@ class AccessService:
                  config: Config, clock: Clock, runner: DatabaseRunner, *,
                  cache_ttl_s: float = AUTH_CACHE_TTL_S,
                  negative_ttl_s: float = NEGATIVE_CACHE_TTL_S,
-                 max_cached_keys: int = MAX_CACHED_KEYS) -> None:
+                 max_cached_keys: int = MAX_CACHED_KEYS,
+                 stale_if_error_s: float = AUTH_STALE_IF_ERROR_S) -> None:
         self._redis = redis
         self._keys = keys
         self._tiers = tiers
@@ -105,19 +152,21 @@ class AccessService:
         self._cache_ttl_s = cache_ttl_s
         self._negative_ttl_s = negative_ttl_s
         self._max_cached = max_cached_keys
+        self._stale_if_error_s = stale_if_error_s
         self.limiter = RateLimiter(redis.data, redis.keys, clock)
         self.usage = UsageService(redis.data, redis.keys, runner, clock)
         self.watch = AccessWatch(redis.data, redis.keys, clock)  # for the alerter
         self.invalidation_channel = redis.keys.channel("auth", "invalidate")
-        # key hash -> (expires at, monotonic; principal)
-        self._principals: OrderedDict[str, tuple[float, Principal]] = OrderedDict()
+        self._principals: OrderedDict[str, _Entry] = OrderedDict()  # key hash -> entry
         self._unknown: OrderedDict[str, float] = OrderedDict()  # key hash -> expires at
         self._tier_cache: dict[str, tuple[float, TierLimits]] = {}
         self._loading: dict[str, asyncio.Task[Principal | None]] = {}
         self._generation = 0  # bumped by every invalidation
+        self._serving_stale = False  # the database failed; known keys are served stale
         self._used_key_ids: set[int] = set()
         self._tasks: list[asyncio.Task[None]] = []
         self.listening = asyncio.Event()  # set while subscribed to invalidations
+        self._listeners: list[Callable[[Invalidation], None]] = []
 
     # -- the hot path --
 
@@ -150,6 +199,8 @@ class AccessService:
             self._refresh_ahead(digest, key, cached[0], now)
         elif self._unknown.get(digest, 0.0) > now:
             principal = None
+        elif cached is not None and self._may_serve_stale(cached, now):
+            principal = await self._load_or_stale(digest, key, cached)
         else:
             principal = await self._load(digest, key)
         if principal is None:
@@ -207,8 +258,9 @@ class AccessService:
         try:
             return await self.usage.usage_for_user(user_id, days)
         except (RedisError, OSError) as exc:
-            raise Unavailable(f"usage is unavailable right now: {exc}",
-                              retry_after_s=USAGE_RETRY_AFTER_S) from None
+            raise store_unavailable("usage", exc, retry_after_s=USAGE_RETRY_AFTER_S) from None
+        except Unavailable:  # the database: say when to come back, not what failed
+            raise Unavailable(USAGE_DB_DOWN, retry_after_s=USAGE_RETRY_AFTER_S) from None
 
     async def usage_for_key(self, key_id: int, days: int = 30) -> list[DayUsage]:
         """One key's usage, like `usage_for_user`."""
@@ -216,8 +268,9 @@ class AccessService:
         try:
             return await self.usage.usage_for_key(key_id, days)
         except (RedisError, OSError) as exc:
-            raise Unavailable(f"usage is unavailable right now: {exc}",
-                              retry_after_s=USAGE_RETRY_AFTER_S) from None
+            raise store_unavailable("usage", exc, retry_after_s=USAGE_RETRY_AFTER_S) from None
+        except Unavailable:
+            raise Unavailable(USAGE_DB_DOWN, retry_after_s=USAGE_RETRY_AFTER_S) from None
 
     async def _flush_quietly(self) -> None:
         # This process's own latest requests show at once; others' within a flush.
@@ -249,6 +302,30 @@ class AccessService:
             task = self._start_load(digest, key)
         return await asyncio.shield(task)
 
+    async def _load_or_stale(self, digest: str, key: str, cached: _Entry) -> Principal | None:
+        """`_load`, but a database slower than `STALE_WAIT_S` is not waited for: the
+        stale principal answers, for `STALE_RETRY_S`, and the query goes on alone."""
+        try:
+            return await asyncio.wait_for(self._load(digest, key), STALE_WAIT_S)
+        except TimeoutError:
+            self._serve_stale(digest, cached, "the database is slow to answer")
+            return cached.principal
+
+    def _may_serve_stale(self, entry: _Entry, now: float) -> bool:
+        return entry.vouched_at + self._stale_if_error_s > now
+
+    def _serve_stale(self, digest: str, entry: _Entry, why: str) -> None:
+        """Serve `entry` again for `STALE_RETRY_S` (then a query is tried again)."""
+        if self._principals.get(digest) is not entry:
+            return  # invalidated or replaced meanwhile
+        if not self._serving_stale:
+            self._serving_stale = True
+            log.warning("auth: %s; keys known to this process are served from its cache "
+                        "(up to %g s old) until it answers", why, self._stale_if_error_s)
+        _put(self._principals, digest,
+             entry._replace(expires_at=self._clock.monotonic() + STALE_RETRY_S),
+             self._max_cached)
+
     def _loaded(self, digest: str, task: asyncio.Task[Principal | None]) -> None:
         self._loading.pop(digest, None)
         if not task.cancelled():
@@ -257,14 +334,26 @@ class AccessService:
     async def _query(self, digest: str, key: str) -> Principal | None:
         started = self._clock.monotonic()
         generation = self._generation
-        found = await self._keys.authenticate(key)
-        principal = None if found is None else await self._principal(found, started)
+        try:
+            found = await self._keys.authenticate(key)
+            principal = None if found is None else await self._principal(found, started)
+        except Unavailable as exc:
+            known = self._principals.get(digest)
+            if generation != self._generation or known is None \
+                    or not self._may_serve_stale(known, self._clock.monotonic()):
+                raise
+            self._serve_stale(digest, known, exc.message)
+            return known.principal
+        if self._serving_stale:
+            self._serving_stale = False
+            log.info("auth: the database answers again; key lookups are fresh")
         if generation == self._generation:  # no invalidation raced the query
             if principal is None:
                 self._principals.pop(digest, None)  # a refresh found it revoked
                 _put(self._unknown, digest, started + self._negative_ttl_s, self._max_cached)
             else:
-                _put(self._principals, digest, (started + self._cache_ttl_s, principal),
+                _put(self._principals, digest,
+                     _Entry(started + self._cache_ttl_s, principal, started),
                      self._max_cached)
         return principal
 
@@ -319,6 +408,15 @@ class AccessService:
         self._drop(everything=True)
         await self._publish({"all": True})
 
+    def on_invalidation(self, listener: Callable[[Invalidation], None]) -> None:
+        """Call `listener` (synchronously, so it must not block) after every invalidation
+        this process applies, its own or one heard from another process."""
+        self._listeners.append(listener)
+
+    async def active_key_ids(self, key_ids: Iterable[int]) -> set[int]:
+        """Which of `key_ids` still authenticate, asked of the database (not the cache)."""
+        return await self._keys.active_key_ids(key_ids)
+
     async def _publish(self, message: dict[str, object]) -> None:
         try:
             await self._redis.reverb.publish(self.invalidation_channel, orjson.dumps(message))
@@ -328,6 +426,16 @@ class AccessService:
 
     def _drop(self, *, key_hash: str | None = None, user_id: int | None = None,
               tier: str | None = None, everything: bool = False) -> None:
+        self._forget(key_hash=key_hash, user_id=user_id, tier=tier, everything=everything)
+        what = Invalidation(key_hash, user_id, tier, everything)
+        for listener in self._listeners:
+            try:
+                listener(what)
+            except Exception:
+                log.exception("an auth invalidation listener failed")
+
+    def _forget(self, *, key_hash: str | None, user_id: int | None, tier: str | None,
+                everything: bool) -> None:
         self._generation += 1
         if everything:
             self._principals.clear()
@@ -340,8 +448,8 @@ class AccessService:
         if user_id is not None or tier is not None:
             # A re-enabled user's keys may sit in the negative cache: clear it too.
             self._unknown.clear()
-            for digest, (_expiry, p) in list(self._principals.items()):
-                if p.user_id == user_id or p.tier.name == tier:
+            for digest, entry in list(self._principals.items()):
+                if entry.principal.user_id == user_id or entry.principal.tier.name == tier:
                     del self._principals[digest]
         if tier is not None:
             self._tier_cache.pop(tier, None)

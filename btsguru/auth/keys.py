@@ -161,6 +161,12 @@ class KeyService:
             return None  # not one of ours: no need to ask the database
         return await self._runner.read(_authenticate, hash_key(key))
 
+    async def active_key_ids(self, key_ids: Iterable[int]) -> set[int]:
+        """Which of `key_ids` would still authenticate (not revoked, not expired, their
+        user enabled): one query, for re-checking the keys of open streams."""
+        ids = sorted(set(key_ids))
+        return await self._runner.read(_active_ids, ids) if ids else set()
+
     async def touch_last_used(self, key_ids: Iterable[int],
                               at: datetime | None = None) -> None:
         """Record that these keys were used (at `at`, default now); callers batch this
@@ -249,6 +255,15 @@ def _authenticate(digest: str) -> AuthenticatedKey | None:
         scopes=frozenset(s for s in row.scopes.split(",") if s),
         expires_at=_from_db(row.expires_at),
     )
+
+
+def _active_ids(ids: list[int]) -> set[int]:
+    now = utc_now()
+    query = (ApiKey.select(ApiKey.id).join(User)
+             .where(ApiKey.id.in_(ids), ApiKey.revoked_at.is_null(),
+                    ApiKey.expires_at.is_null() | (ApiKey.expires_at > now),
+                    User.disabled == False))  # noqa: E712 - peewee builds SQL from ==
+    return {row.id for row in query}
 
 
 def _touch(ids: list[int], when: datetime) -> None:

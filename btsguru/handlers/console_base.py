@@ -249,7 +249,9 @@ class ConsoleHandler(tornado.web.RequestHandler):
             status_code, message = 503, _FRIENDLY[503]
             self.set_status(503)
         elif (isinstance(exc, tornado.web.HTTPError) and status_code == 403
-              and exc.log_message and "_xsrf" in exc.log_message):
+              and exc.log_message and "xsrf" in exc.log_message.lower()):
+            # Tornado's three refusals: "'_xsrf' argument missing", "... invalid format"
+            # and "XSRF cookie does not match POST argument" (another browser's token)
             message = _XSRF_MESSAGE
         elif isinstance(exc, tornado.web.HTTPError) and exc.log_message == "operators only":
             message = "This page is for operators only."

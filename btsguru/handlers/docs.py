@@ -36,7 +36,17 @@ class OpenApiHandler(JsonHandler):
         self.write_json(openapi_document(origin))
 
 
+# Like the console: no other site may frame the page (clickjacking). Only the framing
+# directive: Swagger UI's own styles and scripts are left to the browser's defaults.
+DOCS_CSP = "frame-ancestors 'none'"
+
+
 class DocsHandler(tornado.web.RequestHandler):
+    def set_default_headers(self) -> None:
+        self.set_header("X-Frame-Options", "DENY")
+        self.set_header("Content-Security-Policy", DOCS_CSP)
+        self.set_header("X-Content-Type-Options", "nosniff")
+
     def get(self) -> None:
         self.set_header("Content-Type", "text/html; charset=utf-8")
         self.finish(DOCS_PAGE.format(

@@ -14,7 +14,10 @@ pusher-js and Laravel Echo clients can use btsguru as their Reverb server.
 - Limits: every connection counts against `PUSHER_PUBLIC_PER_IP` (a per-IP stream slot,
   cluster-wide); a private or presence game channel also takes a stream slot of the user
   it was authorized for (the tier's `max_streams`). Over either: `pusher:error` 4100 and
-  close 4100, so clients retry after a second.
+  close 4100, so clients retry after a second. Per connection: `PUSHER_MAX_SUBSCRIPTIONS`
+  channels of any kind (more: `pusher:subscription_error` `LimitReached`), and
+  `PUSHER_MESSAGES_PER_S` messages and `PUSHER_CLIENT_EVENTS_PER_S` client events per
+  second (more: `pusher:error` 4301, in band, the socket stays open, as the protocol asks).
 - Resume: the last event written on a user's private/presence game channel is remembered
   per user and channel in Redis (written as events are delivered, batched every
   `store.pusher.POSITION_FLUSH_S`, and on unsubscribe or close), so a client that drops
@@ -48,7 +51,12 @@ from btsguru.auth.access import Principal
 from btsguru.auth.tiers import TierLimits
 from btsguru.config import Config
 from btsguru.errors import BtsguruError
-from btsguru.handlers.ws import CLOSE_REASON_BYTES, WebSocketConnection, shed_handshake
+from btsguru.handlers.ws import (
+    CLOSE_REASON_BYTES,
+    WebSocketConnection,
+    failing_protocol,
+    shed_handshake,
+)
 from btsguru.realtime.channels import Channel, InvalidChannel, parse_channel
 from btsguru.realtime.connection import (
     CLOSE_RESTARTING,
@@ -72,6 +80,7 @@ from btsguru.realtime.pusher_protocol import (
     PONG_TIMEOUT_S,
     PRESENCE_MAX_MEMBERS,
     RECONNECT,
+    UNAUTHORIZED,
     Member,
     PusherProtocolError,
     SubscribeRequest,
@@ -85,6 +94,7 @@ from btsguru.realtime.pusher_protocol import (
     is_encrypted,
     is_presence,
     is_private,
+    is_user_channel,
     new_socket_id,
     parse_channel_data,
     parse_message,
@@ -99,8 +109,6 @@ from btsguru.store.pusher import PusherState
 log = logging.getLogger(__name__)
 
 MAX_CLIENT_FRAME_BYTES = 64 * 1024
-PUBLIC_MAX_SUBSCRIPTIONS = 200  # per connection; a Laravel page rarely uses more than a few
-PUBLIC_MESSAGES_PER_S = 20  # subscribes, pings and client events together, per connection
 # The native transport's close codes mean "give up" to a Pusher client (4001-4099);
 # these become Pusher's "reconnect now".
 _RECONNECT_CODES = {CLOSE_TOO_SLOW, CLOSE_RESTARTING}
@@ -111,12 +119,16 @@ def ip_identity(ip: str) -> int:
     return -(int.from_bytes(hashlib.sha256(ip.encode()).digest()[:7], "big") + 1)
 
 
-def public_principal(ip: str, per_ip: int) -> Principal:
-    """The principal of an app-key connection: its IP address, `per_ip` streams."""
+def public_principal(ip: str, config: Config) -> Principal:
+    """The principal of an app-key connection: its IP address, `PUSHER_PUBLIC_PER_IP`
+    streams; messages (subscribes, pings and client events together) per second and game
+    channels per connection as configured."""
     tier = TierLimits(
         name="pusher-public", rest_rate=0, rest_period_s=1, rest_burst=0, rest_refill_per_s=0.0,
-        daily_quota=None, max_streams=per_ip, max_subscriptions=PUBLIC_MAX_SUBSCRIPTIONS,
-        client_messages_per_s=PUBLIC_MESSAGES_PER_S, raw_proxy=False, private_channels=False,
+        daily_quota=None, max_streams=config.pusher_public_per_ip,
+        max_subscriptions=config.pusher_max_subscriptions,
+        client_messages_per_s=config.pusher_messages_per_s, raw_proxy=False,
+        private_channels=False,
         client_events=False, updated_at=datetime.fromtimestamp(0, UTC))
     return Principal(key_id=0, user_id=ip_identity(ip), key_prefix="pusher", tier=tier,
                      scopes=frozenset({"stream"}), expires_at=None)
@@ -132,6 +144,7 @@ class PusherSub:
     member: Member | None
     client_events: bool
     sport: str | None = None  # of the game channel: its key in `Connection.positions`
+    key_id: int | None = None  # the API key that authorized it (through its grant)
     # events up to this history position were already written under this name (a second
     # name of a game channel resubscribed the hub channel to replay for itself)
     floor: tuple[int, int] | None = None
@@ -143,7 +156,8 @@ class PusherConnection(WebSocketConnection):
     kind = "pusher"
     handler: PusherHandler
 
-    def __init__(self, handler: PusherHandler, principal: Principal, socket_id: str) -> None:
+    def __init__(self, handler: PusherHandler, principal: Principal, socket_id: str,
+                 client_events_per_s: int = CLIENT_EVENTS_PER_S) -> None:
         super().__init__(principal)
         self.handler = handler
         self.socket_id = socket_id
@@ -151,7 +165,7 @@ class PusherConnection(WebSocketConnection):
         self.aliases: dict[str, set[str]] = {}  # hub channel -> Pusher names
         self.pending: dict[str, list[tuple[str, bytes]]] = {}  # hub channel -> successes
         self.user_slots: set[int] = set()
-        self.client_bucket = TokenBucket(CLIENT_EVENTS_PER_S, CLIENT_EVENTS_PER_S)
+        self.client_bucket = TokenBucket(client_events_per_s, client_events_per_s)
         self.listeners: dict[str, Any] = {}
 
     def resume_positions(self) -> dict[tuple[int, str], str]:
@@ -164,6 +178,21 @@ class PusherConnection(WebSocketConnection):
                 if position is not None:
                     out[(sub.user_id, sub.name)] = position
         return out
+
+    def key_ids(self) -> set[int]:
+        """The keys that authorized this socket's private and presence game channels."""
+        return {sub.key_id for sub in self.channels.values() if sub.key_id}
+
+    def user_ids(self) -> set[int]:
+        return {sub.user_id for sub in self.channels.values()
+                if sub.key_id and sub.user_id is not None}
+
+    def revoked(self) -> None:
+        """As Pusher ends a terminated user's connections: error, then close, 4009."""
+        message = "Connection unauthorized: the API key that authorized a channel was " \
+                  "revoked or its user disabled"
+        self.send(error_frame(UNAUTHORIZED, message))
+        self.close(UNAUTHORIZED, message)
 
     def _transport_close(self, code: int, reason: str) -> None:
         # the hub's close codes, in the Pusher meaning that makes clients come back
@@ -300,6 +329,9 @@ class PusherHandler(tornado.websocket.WebSocketHandler):
     def check_origin(self, origin: str) -> bool:
         return True  # like Reverb's default allowed_origins ["*"]: the app key is public
 
+    def get_websocket_protocol(self) -> tornado.websocket.WebSocketProtocol | None:
+        return failing_protocol(self)  # a bad frame is closed with 1002/1007, not dropped
+
     def _refuse(self, code: int, message: str) -> None:
         self.write_message(error_frame(code, message).decode())
         self.close(code, message[:CLOSE_REASON_BYTES])
@@ -315,8 +347,8 @@ class PusherHandler(tornado.websocket.WebSocketHandler):
             self._refuse(*problem)
             return
         ip = self.request.remote_ip or "unknown"
-        conn = PusherConnection(self, public_principal(ip, self.config.pusher_public_per_ip),
-                                new_socket_id())
+        conn = PusherConnection(self, public_principal(ip, self.config), new_socket_id(),
+                                self.config.pusher_client_events_per_s)
         try:
             await self.hub.register(conn)
         except BtsguruError as exc:
@@ -371,6 +403,18 @@ class PusherHandler(tornado.websocket.WebSocketHandler):
         if name in conn.channels:  # idempotent: success again, nothing added
             await self._succeed_again(conn, conn.channels[name])
             return
+        limit = self.config.pusher_max_subscriptions
+        if len(conn.channels) >= limit:  # app channels too: each holds a listener and a count
+            conn.send(subscription_error(name, f"at most {limit} channels per connection",
+                                         403, "LimitReached"))
+            return
+        if is_user_channel(name):
+            # reserved for the signed-in user it names (PUSHER.md section 11); without
+            # pusher:signin (not offered) any client could read another user's events
+            conn.send(subscription_error(name, "#server-to-user- channels need "
+                                         "pusher:signin, which this server does not offer",
+                                         403))
+            return
         if is_private(name) and not self._signed(conn, req):
             conn.send(subscription_error(name, "Invalid signature", 401))
             return
@@ -378,11 +422,12 @@ class PusherHandler(tornado.websocket.WebSocketHandler):
         client_events = is_private(name) and not is_encrypted(name)
         channel = None
         user_id: int | None = None
+        key_id: int | None = None
         if game is not None:
             authorized = await self._authorize_game(conn, name, game)
             if authorized is None:
                 return
-            channel, user_id, events_allowed = authorized
+            channel, user_id, events_allowed, key_id = authorized
             client_events = client_events and events_allowed
         member = None
         if is_presence(name):
@@ -395,7 +440,7 @@ class PusherHandler(tornado.websocket.WebSocketHandler):
                 conn.send(subscription_error(name, "channel_data is not this user's", 403))
                 return
         sub = PusherSub(name, game, user_id, member, client_events,
-                        channel.sport if channel is not None else None)
+                        channel.sport if channel is not None else None, key_id=key_id)
         if not await self._attach(conn, sub):
             return
         if channel is None or game is None:
@@ -449,9 +494,10 @@ class PusherHandler(tornado.websocket.WebSocketHandler):
         return verify_auth(req.auth, expected)
 
     async def _authorize_game(self, conn: PusherConnection, name: str, game: str,
-                              ) -> tuple[Channel, int | None, bool] | None:
-        """The game channel, the user it was authorized for and whether client events are
-        allowed; None when refused (the client was told)."""
+                              ) -> tuple[Channel, int | None, bool, int | None] | None:
+        """The game channel, the user it was authorized for, whether client events are
+        allowed and the API key behind the grant; None when refused (the client was
+        told)."""
         try:
             channel = parse_channel(game, self.hub.sports)
         except InvalidChannel as exc:
@@ -463,7 +509,7 @@ class PusherHandler(tornado.websocket.WebSocketHandler):
                     name, "public game channels are closed: subscribe to private-" + name +
                     " authorized by POST /v1/realtime/auth with an API key", 403))
                 return None
-            return channel, None, False
+            return channel, None, False, None
         grant = await self.state.granted(conn.socket_id, name)
         if grant is None:
             conn.send(subscription_error(
@@ -478,7 +524,9 @@ class PusherHandler(tornado.websocket.WebSocketHandler):
                 conn.close(OVER_CAPACITY, "over capacity")
                 return None
             conn.user_slots.add(user_id)
-        return channel, user_id, bool(grant.get("client_events"))
+        key_id = grant.get("key_id")
+        return channel, user_id, bool(grant.get("client_events")), \
+            int(key_id) if key_id is not None else None
 
     async def _attach(self, conn: PusherConnection, sub: PusherSub) -> bool:
         """Join the presence roster, listen on the app bus, count the subscriber."""

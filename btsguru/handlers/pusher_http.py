@@ -92,7 +92,9 @@ class RealtimeAuthHandler(ApiHandler):
         body["auth"] = channel_auth(key, secret, socket_id, name, channel_data)
         await self.state.grant(socket_id, name, {
             "user_id": self.principal.user_id, "max_streams": tier.max_streams,
-            "client_events": tier.client_events})
+            "client_events": tier.client_events,
+            # the subscription lasts only as long as this key (realtime.revocation)
+            "key_id": self.principal.key_id})
         self.write_json({"auth": body["auth"], **({"channel_data": channel_data}
                                                   if channel_data else {})})
 

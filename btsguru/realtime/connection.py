@@ -59,6 +59,7 @@ MAX_SYNC_BUFFER = 10_000  # live events held during one replay before it re-read
 
 CLOSE_TOO_SLOW = 4010
 CLOSE_RESTARTING = 1012
+CLOSE_UNAUTHORIZED = 4001  # the contract's bad-key code: a key revoked while connected
 
 
 class TooManyConnections(RateLimited):
@@ -378,6 +379,21 @@ class Connection:
     def idle(self) -> bool:
         """Nothing queued and nothing waiting in the transport."""
         return not self._queue and not self._flushing
+
+    # -- rights (re-checked by `realtime.revocation` when keys or users change) --
+
+    def key_ids(self) -> set[int]:
+        """The API keys this connection's rights rest on (none for an app-key or a
+        console-session connection)."""
+        return {self.principal.key_id} if self.principal.key_id > 0 else set()
+
+    def user_ids(self) -> set[int]:
+        """The users whose keys `key_ids` are."""
+        return {self.principal.user_id} if self.principal.key_id > 0 else set()
+
+    def revoked(self) -> None:
+        """A key of `key_ids` no longer authenticates (revoked, expired, user disabled)."""
+        self.close(CLOSE_UNAUTHORIZED, "API key revoked or expired, or user disabled")
 
     # -- closing --
 
