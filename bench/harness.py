@@ -14,8 +14,10 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
+from collections import deque
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,18 +44,70 @@ def wait_http(url: str, timeout_s: float = 30.0) -> None:
     raise RuntimeError(f"{url} did not answer within {timeout_s} s")
 
 
+class ChildLog:
+    """A child's standard error, read by a thread as it comes: a pipe nobody reads fills
+    up (a server logs a warning per failed poll during an outage) and then blocks the
+    child on its next log line. Keeps the last `keep` lines, for failure messages."""
+
+    def __init__(self, process: subprocess.Popen[bytes], keep: int = 5000) -> None:
+        self.lines: deque[str] = deque(maxlen=keep)
+        self._process = process
+        self._thread = threading.Thread(target=self._read, daemon=True,
+                                        name=f"stderr of {process.pid}")
+        self._thread.start()
+
+    def _read(self) -> None:
+        if self._process.stderr is None:
+            return
+        with contextlib.suppress(ValueError, OSError):  # closed under us at shutdown
+            for raw in self._process.stderr:
+                self.lines.append(raw.decode(errors="replace").rstrip())
+
+    def close(self) -> None:
+        """After the process ended: the rest of its output read, and the pipe closed."""
+        self._thread.join(10)
+        if self._process.stderr is not None:
+            self._process.stderr.close()
+
+    def text(self) -> str:
+        return "\n".join(self.lines)
+
+    def tail(self, n: int = 40) -> str:
+        return "\n".join(list(self.lines)[-n:])
+
+    def tracebacks(self) -> list[str]:
+        """Each traceback as the log line that announced it and its last line (without
+        the timestamp, so that repeats collapse)."""
+        lines, out = list(self.lines), set()
+        for at, line in enumerate(lines):
+            if line.startswith("Traceback"):
+                end = at + 1
+                while end < len(lines) and lines[end].startswith((" ", "\t")):
+                    end += 1
+                announced = lines[at - 1] if at else ""
+                last = lines[end] if end < len(lines) else ""
+                out.add(f"{announced.split(' ', 1)[-1][:160]} / {last[:160]}")
+        return sorted(out)
+
+
 @dataclass
 class Processes:
-    """Children started by a scenario; all stopped on exit, whatever happens."""
+    """Children started by a scenario; all stopped on exit, whatever happens. Each one's
+    standard error is read as it comes (`log`)."""
 
     children: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    logs: dict[int, ChildLog] = field(default_factory=dict)
 
     def start(self, args: Sequence[str], env: dict[str, str] | None = None,
               cwd: Path | None = None) -> subprocess.Popen[bytes]:
         process = subprocess.Popen(list(args), env={**os.environ, **(env or {})}, cwd=cwd or ROOT,
                                    stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         self.children.append(process)
+        self.logs[process.pid] = ChildLog(process)
         return process
+
+    def log(self, process: subprocess.Popen[bytes]) -> ChildLog:
+        return self.logs[process.pid]
 
     def stop_all(self) -> None:
         for process in self.children:
@@ -65,6 +119,8 @@ class Processes:
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
+        for log in self.logs.values():
+            log.close()
 
 
 @contextlib.contextmanager
@@ -114,13 +170,16 @@ class Stack:
 
 def start_stack(group: Processes, *, processes_n: int = 1, pollers: bool = False,
                 max_streams: int | None = None, settings: dict[str, str] | None = None,
-                ) -> Stack:
+                simulator_args: Sequence[str] = ()) -> Stack:
     """`max_streams`: lift the bench user's stream limit too (many clients); `settings`:
-    btsguru settings of the scenario's own (environment variables)."""
+    btsguru settings of the scenario's own (environment variables; `REDIS_URL` there
+    points the stack at a Redis of the scenario's own); `simulator_args`: options of
+    `btsguru simulate` (e.g. `--speed`)."""
     scratch = Path(tempfile.mkdtemp(prefix="btsguru-bench-"))
     sim_port, port = free_port(), free_port()
     simulator_url = f"http://127.0.0.1:{sim_port}"
-    group.start([sys.executable, "-m", "btsguru", "simulate", "--port", str(sim_port)])
+    group.start([sys.executable, "-m", "btsguru", "simulate", "--port", str(sim_port),
+                 *simulator_args])
     wait_http(f"{simulator_url}/__sim/stats")
     env = {
         "DATABASE_URL": f"sqlite:///{scratch / 'bench.db'}",
@@ -141,6 +200,15 @@ def start_stack(group: Processes, *, processes_n: int = 1, pollers: bool = False
     base_url = f"http://127.0.0.1:{port}"
     wait_http(f"{base_url}/healthz")
     return Stack(env, base_url, simulator_url, key)
+
+
+def metrics_text(stack: Stack) -> str:
+    """The server's `/metrics` page (with the stack's `METRICS_TOKEN`, when it sets one)."""
+    token = stack.env.get("METRICS_TOKEN", "")
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    request = urllib.request.Request(f"{stack.base_url}/metrics", headers=headers)
+    with urllib.request.urlopen(request, timeout=10) as resp:
+        return str(resp.read().decode())
 
 
 @dataclass(frozen=True)

@@ -53,7 +53,7 @@ RECENT_ALERTS = 200  # events kept for the console (a busy day's worth)
 QUOTA_WARNING = 0.80  # the issue's thresholds: 80% and 95% of the day's budget
 QUOTA_CRITICAL = 0.95
 STALE_CADENCES = 3.0  # data older than three cadences while games are live
-FAILURES_IN_A_ROW = 3  # a poller failing this often in a row (its backoff is then > 1 min)
+FAILURES_IN_A_ROW = 3  # a poller failing this often in a row (three cadences at least)
 DISCONNECT_SPIKE = 100  # abnormal disconnects in one check interval in this process
 # Unusual access, per UTC minute over the cluster (counted by `auth.watch`): a client
 # polling honestly repeats its queries and hits the cache, so this many distinct misses
@@ -229,7 +229,10 @@ class Alerter:
         self._database_ping = database_ping
         self.webhook = webhook
         self.store = AlertStore(redis)
-        self.leases = leases or Leases(redis, clock)
+        # the lease is renewed once per check, so it must outlive one: with the pollers'
+        # 10 s TTL and a 15 s interval another process took it over between checks
+        self.leases = leases or Leases(redis, clock, ttl_s=interval_s * 2.5,
+                                       renew_s=interval_s)
         self.interval_s = interval_s
         self.watch = AccessWatch(redis.data, redis.keys, clock)  # reads what processes flush
         self.cache_busting_misses = cache_busting_misses

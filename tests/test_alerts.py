@@ -153,6 +153,16 @@ async def test_only_the_lease_holder_reports(world):
     assert [e.alert.id for e in await other.check_once()] == ["quota_day_95:football"]
 
 
+async def test_the_leaders_lease_outlives_the_time_between_its_checks(world):
+    """It is renewed once per check: a TTL shorter than the interval handed the lead to
+    another process between every two checks."""
+    config, redis, clock = world
+    for interval_s in (5.0, 15.0, 60.0):
+        alerter = Alerter(config.sports, clock, redis, quota=QuotaGovernor(redis, config, clock),
+                          tasks=PollerStateReader(redis, clock), interval_s=interval_s)
+        assert alerter.leases.ttl_s >= 2 * interval_s
+
+
 async def test_breaker_database_and_a_webhook_that_fails_twice(world):
     async def dead_database() -> None:
         raise OSError("connection refused")

@@ -143,3 +143,56 @@ def test_breaker_ignores_late_failures_while_open():
     breaker.record_failure("hockey")
     breaker.record_failure("hockey")  # a call let through earlier, failing late
     assert breaker.retry_after_s("hockey") == pytest.approx(5)
+
+
+def test_a_scheduled_call_probes_during_the_cool_down_one_at_a_time():
+    clock = FakeClock()
+    breaker = CircuitBreaker(clock, failure_threshold=1, cooldown_s=15)
+    breaker.record_failure("football")
+    clock.advance(2)  # one live cadence into a 15 s cool-down
+    with pytest.raises(CircuitOpen) as info:
+        breaker.before_call("football")  # a user's miss: refused at once
+    assert info.value.retry_after_s == 13
+    breaker.before_call("football", scheduled=True)  # the poller's run: the probe
+    assert breaker.state("football") == "half_open"
+    for scheduled in (True, False):  # nobody else while it is out
+        with pytest.raises(CircuitOpen):
+            breaker.before_call("football", scheduled=scheduled)
+    breaker.record_success("football")  # the host is back: closed for everyone
+    assert breaker.state("football") == "closed"
+    breaker.before_call("football")
+
+
+def test_a_failed_scheduled_probe_reopens_without_doubling():
+    """The pollers' probes are spaced by their cadence, not by the cool-down: failing,
+    they keep the breaker open for users for the cool-down in force, no longer."""
+    clock = FakeClock()
+    breaker = CircuitBreaker(clock, failure_threshold=1, cooldown_s=15, max_cooldown_s=300)
+    breaker.record_failure("football")
+    for _ in range(20):  # 40 s of a failing host, polled every 2 s
+        clock.advance(2)
+        breaker.before_call("football", scheduled=True)
+        breaker.record_failure("football")
+        assert breaker.state("football") == "open"
+        assert breaker.retry_after_s("football") == pytest.approx(15)
+    # a probe after a cool-down that ran out for nothing (no poll came) still doubles it
+    clock.advance(15)
+    breaker.before_call("football")
+    breaker.record_failure("football")
+    assert breaker.retry_after_s("football") == pytest.approx(30)
+    clock.advance(1)
+    breaker.before_call("football", scheduled=True)
+    breaker.record_failure("football")
+    assert breaker.retry_after_s("football") == pytest.approx(30)
+
+
+def test_a_scheduled_probe_given_back_frees_the_slot():
+    clock = FakeClock()
+    breaker = CircuitBreaker(clock, failure_threshold=1, cooldown_s=15)
+    breaker.record_failure("hockey")
+    breaker.before_call("hockey", scheduled=True)
+    breaker.release("hockey")  # no quota token: nothing went out
+    assert breaker.state("hockey") == "open"
+    with pytest.raises(CircuitOpen):
+        breaker.before_call("hockey")  # still the cool-down for users
+    breaker.before_call("hockey", scheduled=True)  # the next poll may probe

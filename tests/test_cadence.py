@@ -8,6 +8,7 @@ from dataclasses import replace
 import pytest
 
 from btsguru.config import load_config
+from btsguru.errors import Unavailable
 from btsguru.pollers.cadence import (
     DAY_S,
     MAX_STRETCH,
@@ -21,6 +22,7 @@ from btsguru.pollers.cadence import (
     delay_after_failure,
     estimate_demand,
     expected_live_seconds,
+    is_host_failure,
     live_decision,
     plan_stretch,
     seconds_left_in_day,
@@ -28,7 +30,13 @@ from btsguru.pollers.cadence import (
 )
 from btsguru.sports.base import Phase
 from btsguru.upstream.backoff import Backoff
-from btsguru.upstream.errors import CircuitOpen, QuotaExhausted, UpstreamFailure
+from btsguru.upstream.errors import (
+    CircuitOpen,
+    QuotaExhausted,
+    UpstreamAuthError,
+    UpstreamFailure,
+    UpstreamRequestError,
+)
 from tests.store_fixtures import make_game
 
 NOON = 1_723_809_600.0  # 2024-08-16T12:00:00Z
@@ -236,28 +244,58 @@ class Fixed:
         return self.value
 
 
+# A failure that is not the upstream host's: Redis or the database away, a refused key.
+NOT_THE_HOST = [Unavailable("Redis is unreachable"),
+                UpstreamAuthError("football /fixtures: key refused", kind="auth",
+                                  transient=False),
+                RuntimeError("a bug")]
+
+
+@pytest.mark.parametrize("error", NOT_THE_HOST, ids=["redis", "auth", "bug"])
 @pytest.mark.parametrize(("failures", "ceiling"), [(1, 5), (2, 10), (3, 20), (6, 160),
                                                    (7, 300), (40, 300)])
-def test_backoff_doubles_to_its_cap_with_jitter(failures, ceiling):
+def test_backoff_doubles_to_its_cap_with_jitter(error, failures, ceiling):
     top = Backoff(5, 300, random_source=Fixed(0.999999))
     bottom = Backoff(5, 300, random_source=Fixed(0.0))
-    error = UpstreamFailure("football /fixtures: 500", kind="server", transient=True)
     assert delay_after_failure(error, 15, failures, top) == pytest.approx(15 + ceiling, abs=1e-3)
     assert delay_after_failure(error, 15, failures, bottom) == 15
 
 
 def test_backoff_jitter_spreads():
     backoff = SETTINGS.backoff()
-    error = UpstreamFailure("x", kind="timeout", transient=True)
+    error = Unavailable("Redis is unreachable")
     delays = {round(delay_after_failure(error, 15, 4, backoff), 3) for _ in range(50)}
     assert len(delays) > 40 and all(15 <= d <= 15 + 40 for d in delays)
 
 
-def test_a_budget_wall_or_open_circuit_waits_as_long_as_it_says():
+HOST_FAILURES = [UpstreamFailure(f"football /fixtures: {kind}", kind=kind, transient=True)
+                 for kind in ("timeout", "connection", "server", "malformed", "upstream_bug")]
+
+
+@pytest.mark.parametrize("error", [*HOST_FAILURES, CircuitOpen("a probe is out",
+                                                               retry_after_s=1)],
+                         ids=lambda e: e.kind)
+@pytest.mark.parametrize("failures", [1, 2, 7, 40])
+def test_after_a_host_failure_the_retry_is_exactly_one_cadence(error, failures):
+    """Never sooner (no more asks than healthy), never later (fresh within one cadence
+    of the host's return), whatever the backoff settings and however long it failed."""
+    top = Backoff(5, 300, random_source=Fixed(0.999999))
+    assert is_host_failure(error)
+    assert delay_after_failure(error, 15, failures, top) == 15
+    assert delay_after_failure(error, 2, failures, top) == 2
+
+
+def test_a_budget_wall_waits_as_long_as_it_says():
     backoff = Backoff(5, 300, random_source=Fixed(0.5))
     day = QuotaExhausted("spent", window="day", source="local", retry_after_s=7200)
     minute = QuotaExhausted("wait", window="minute", source="upstream", retry_after_s=40)
-    circuit = CircuitOpen("open", retry_after_s=20)
+    assert not is_host_failure(day) and not is_host_failure(minute)
     assert delay_after_failure(day, 15, 1, backoff) == 7200
     assert delay_after_failure(minute, 15, 3, backoff) == 40
-    assert delay_after_failure(circuit, 30, 2, backoff) == 30
+    # a window that clears before the next run is no reason to ask sooner
+    assert delay_after_failure(minute, 60, 3, backoff) == 60
+    # the host answered a refusal (a request error) is not the host failing
+    refused = UpstreamRequestError("football /standings: plan", kind="request",
+                                   transient=False)
+    assert not is_host_failure(refused)
+    assert delay_after_failure(refused, 15, 1, backoff) == 15 + 2.5

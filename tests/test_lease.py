@@ -9,6 +9,7 @@ import time
 import pytest
 
 from btsguru.clock import FakeClock, SystemClock
+from btsguru.errors import Unavailable
 from btsguru.pollers.lease import Leases
 from btsguru.pollers.scheduler import RunReport, Scheduler
 from btsguru.pollers.state import PollerState, PollerStateReader
@@ -17,20 +18,29 @@ from btsguru.upstream.errors import UpstreamFailure
 from tests.upstream_fixtures import eventually, redis_stores
 
 
+def host_500():
+    return UpstreamFailure("football /fixtures: the upstream answered HTTP 500",
+                           kind="server", transient=True)
+
+
+def store_away():
+    return Unavailable("the store is unreachable (Redis: connection refused)")
+
+
 class CountingTask:
-    """A task that records who ran it (and fails while `failing` > 0)."""
+    """A task that records who ran it (and fails with `error()` while `failing` > 0)."""
 
     def __init__(self, runs, who, *, sport="football", task="live", interval_s=0.05,
-                 failing=0):
+                 failing=0, error=host_500):
         self.sport, self.task, self.lease = sport, task, f"{sport}:{task}"
         self.runs, self.who, self.interval_s, self.failing = runs, who, interval_s, failing
+        self.error = error
 
     async def run_once(self):
         self.runs.append(self.who)
         if self.failing:
             self.failing -= 1
-            raise UpstreamFailure("football /fixtures: the upstream answered HTTP 500",
-                                  kind="server", transient=True)
+            raise self.error()
         return RunReport(requests=1, live_games=3)
 
     def next_delay_s(self):
@@ -124,7 +134,7 @@ async def test_a_loop_survives_failures_and_backs_off(test_config):
         state = PollerState(stores, clock)
         scheduler = Scheduler(clock, state, None,
                               backoff=Backoff(10, 300, random_source=lambda: 0.5))
-        scheduler.add(CountingTask(runs, "a", interval_s=15, failing=2))
+        scheduler.add(CountingTask(runs, "a", interval_s=15, failing=2, error=store_away))
         await scheduler.start()
         try:
             name = "football:live"
@@ -135,7 +145,7 @@ async def test_a_loop_survives_failures_and_backs_off(test_config):
             await eventually(lambda: ran(1), what="the first run")
             row = await state.load("football", "live")
             assert row["failures"] == "1" and float(row["backoff_s"]) == 5.0  # 0.5 x 10
-            assert "HTTP 500" in row["last_error"]
+            assert "unreachable" in row["last_error"] and row["reason"].startswith("backoff")
             assert float(row["next_run"]) == pytest.approx(clock.time() + 20.0, abs=0.01)
             clock.advance(19.9)
             await asyncio.sleep(0.05)
@@ -153,6 +163,37 @@ async def test_a_loop_survives_failures_and_backs_off(test_config):
             summary = await PollerStateReader(stores, clock).state("football")
             assert summary.live_games == 3 and summary.poll_interval_s == 15
             assert summary.data_age_s == 0 and not summary.failing
+        finally:
+            await scheduler.stop()
+
+
+async def test_after_a_host_failure_the_next_run_is_one_cadence_later(test_config):
+    """No backoff on top, however many failures in a row: the next run is the probe that
+    finds the upstream back, and a failing task asks no more often than a healthy one."""
+    clock = FakeClock(time.time())
+    runs: list[str] = []
+    async with redis_stores(test_config) as stores:
+        state = PollerState(stores, clock)
+        scheduler = Scheduler(clock, state, None,
+                              backoff=Backoff(10, 300, random_source=lambda: 0.999))
+        scheduler.add(CountingTask(runs, "a", interval_s=15, failing=3))
+        await scheduler.start()
+        try:
+            name = "football:live"
+            for n in (1, 2, 3):
+                await eventually(lambda n=n: _true(scheduler.iterations[name] >= n),
+                                 what=f"run {n}")
+                row = await state.load("football", "live")
+                assert row["failures"] == str(n) and float(row["backoff_s"]) == 0.0
+                assert float(row["next_run"]) == pytest.approx(clock.time() + 15, abs=0.01)
+                assert row["reason"] == f"retry after {n} failure{'s' if n > 1 else ''}"
+                clock.advance(14.9)
+                await asyncio.sleep(0.05)
+                assert scheduler.iterations[name] == n  # not sooner than its cadence
+                clock.advance(0.2)
+            await eventually(lambda: _true(scheduler.iterations[name] >= 4), what="recovery")
+            row = await state.load("football", "live")
+            assert row["failures"] == "0" and float(row["interval_s"]) == 15
         finally:
             await scheduler.stop()
 

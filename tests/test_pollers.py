@@ -12,7 +12,8 @@ import pytest
 from btsguru.clock import FakeClock
 from btsguru.pollers.book import ScheduleBook
 from btsguru.pollers.budget import SportBudget
-from btsguru.pollers.cadence import CadenceSettings, Kind, live_decision
+from btsguru.pollers.cadence import CadenceSettings, Kind, is_host_failure, live_decision
+from btsguru.pollers.scheduler import IterationFailed
 from btsguru.pollers.state import PollerStateReader
 from btsguru.pollers.tasks import QUERIES, LiveTask, ScheduleTask
 from btsguru.sports import SPORTS
@@ -192,7 +193,26 @@ async def test_state_for_v1_sports_and_failing(test_config):
             await eventually(failing, what="the failure to show")
             [row] = await reader.tasks("basketball")
             assert row.failures >= 1 and "500" in (row.last_error or "")
-            assert row.interval_s is not None and row.interval_s >= 1
+            # the host failed: the next run is one cadence later, no backoff on top
+            assert row.interval_s == 1
+
+
+async def test_a_run_stops_asking_once_the_host_failed(test_config):
+    """Football's schedule run asks three days; with the host failing on the first, it
+    asks nothing more (a failing run is one probe), and the next run asks them all."""
+    async with simulator() as server:
+        config = point_at(with_quota(test_config), server)
+        async with poller_stack(config, sports=["football"]) as stack:
+            task = ScheduleTask(stack.pollers.contexts["football"])
+            await sim_fault(server, "500", count=1)  # the next request only
+            with pytest.raises(IterationFailed) as info:
+                await task.run_once()
+            assert (info.value.report.requests, info.value.report.failures) == (1, 1)
+            assert is_host_failure(info.value.first)
+            assert (await sim_stats(server))["requests"] == 1
+            report = await task.run_once()
+            assert report.requests == 3 and report.failures == 0
+            assert (await sim_stats(server))["requests"] == 4
 
 
 async def test_a_small_budget_stretches_the_sports_cadences(test_config):

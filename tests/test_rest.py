@@ -140,6 +140,14 @@ async def test_live_games_and_staleness(http_server_client, key, world):
         "interval_s": 15.0, "last_success": store.clock.time(), "failures": 2})
     status, body = await get(http_server_client, "/v1/football/live", key)
     assert body["meta"]["stale"] is True  # fresh, but the poller says it is failing
+    # the live poller recovered; a schedule run that failed during the outage does not
+    # keep the fresh list stale until the schedule's next run
+    await PollerState(store.redis, store.clock).update("football", "schedule", {
+        "interval_s": 900.0, "last_success": store.clock.time() - 1000, "failures": 1})
+    await PollerState(store.redis, store.clock).update("football", "live", {
+        "interval_s": 15.0, "last_success": store.clock.time(), "failures": 0})
+    status, body = await get(http_server_client, "/v1/football/live", key)
+    assert body["meta"]["stale"] is False
 
 
 async def test_games_by_day_with_filters(http_server_client, key, world):

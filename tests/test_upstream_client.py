@@ -280,10 +280,29 @@ def test_each_transient_fault_is_retried_to_success(config, mode, kind):
                 point_at(config, server), request_timeout_s=0.5) as client:
             await sim_fault(server, mode, 2)
             response = await client.fetch("football", "fixtures", {"live": "all"},
-                                          purpose="poller")
+                                          purpose="user")
             assert response.status == 200 and response.body["errors"] in ([], {})
             assert await sim_requests(server) == 3
             assert (await client.quota.snapshot("football")).day_used == 3  # a token each
+
+    run(scenario())
+
+
+@pytest.mark.parametrize(("mode", "kind"), [
+    ("500", "server"), ("garbage", "malformed"), ("errors200", "upstream_bug"),
+    ("timeout", "timeout"),
+])
+def test_a_pollers_host_failure_is_not_retried_its_next_run_is(config, mode, kind):
+    """A failing poller never asks more often than a healthy one: one request a run."""
+    async def scenario():
+        async with simulator() as server, upstream_client(
+                point_at(config, server), request_timeout_s=0.5) as client:
+            await sim_fault(server, mode, 2)
+            with pytest.raises(UpstreamFailure) as info:
+                await client.fetch("football", "fixtures", {"live": "all"}, purpose="poller")
+            assert info.value.kind == kind
+            assert await sim_requests(server) == 1
+            assert client.breaker.state("football") == "closed"  # one failure of five
 
     run(scenario())
 
@@ -465,12 +484,46 @@ def test_a_failure_that_opens_the_breaker_stops_the_retries(config):
                 ) as client:
             await sim_fault(server, "500", 5)
             task = asyncio.create_task(
-                client.fetch("football", "fixtures", {"live": "all"}, purpose="poller"))
+                client.fetch("football", "fixtures", {"live": "all"}, purpose="user"))
             with pytest.raises(UpstreamFailure) as info:
                 await advance_until_done(clock, task, step_s=0.5)
             assert info.value.kind == "server"
             assert await sim_requests(server) == 2
             assert breaker.state("football") == "open"
+
+    run(scenario())
+
+
+def test_pollers_probe_through_the_cool_down_and_close_it_for_everyone(config):
+    """While the breaker keeps users' misses off the failing host, each poll is a probe;
+    the first that finds the host back closes the breaker at once, not at the end of
+    the cool-down."""
+    async def scenario():
+        clock = FakeClock()
+        breaker = CircuitBreaker(clock, failure_threshold=2, cooldown_s=15)
+        async with simulator() as server, upstream_client(
+                point_at(config, server), clock=clock, breaker=breaker) as client:
+            await sim_fault(server, "500", 4)
+            for _ in range(2):
+                with pytest.raises(UpstreamFailure):
+                    await client.fetch("football", "fixtures", {"live": "all"},
+                                       purpose="poller")
+            assert breaker.state("football") == "open"
+            for _ in range(2):  # two more polls, a cadence apart, both probes
+                clock.advance(2)
+                with pytest.raises(CircuitOpen):
+                    await client.fetch("football", "countries", {}, purpose="user")
+                with pytest.raises(UpstreamFailure):
+                    await client.fetch("football", "fixtures", {"live": "all"},
+                                       purpose="poller")
+                assert breaker.retry_after_s("football") == pytest.approx(15)
+            assert await sim_requests(server) == 4  # the users' misses sent nothing
+            clock.advance(2)  # the host is back; 13 s of the cool-down are left
+            response = await client.fetch("football", "fixtures", {"live": "all"},
+                                          purpose="poller")
+            assert response.status == 200 and breaker.state("football") == "closed"
+            await client.fetch("football", "countries", {}, purpose="user")
+            assert await sim_requests(server) == 6
 
     run(scenario())
 

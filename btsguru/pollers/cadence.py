@@ -15,8 +15,10 @@ The decisions, in the order they apply:
    at their desired cadence (`estimate_demand`, from the day's expected live hours);
    when it does not fit, cadences stretch in `STRETCH_ORDER`: static data first, then
    standings and schedules, then event details, live scores last (`plan_stretch`).
-3. Failures: the cadence plus exponential backoff with jitter; a budget wall or an open
-   circuit waits for the time it names instead (`delay_after_failure`).
+3. Failures (`delay_after_failure`): after the upstream host failed, exactly the cadence
+   (the next run is the retry and the breaker's probe: never more often than healthy,
+   and fresh within one cadence of the host's return); a budget wall waits for the time
+   it names; anything else (Redis, a refused key) the cadence plus exponential backoff.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from btsguru.config import Config
 from btsguru.sports import SPORTS
 from btsguru.sports.base import Game, Phase
 from btsguru.upstream.backoff import Backoff
-from btsguru.upstream.errors import CircuitOpen, QuotaExhausted
+from btsguru.upstream.errors import HOST_FAILURE_KINDS, CircuitOpen, FetchError, QuotaExhausted
 
 DAY_S = 86_400.0
 
@@ -420,10 +422,27 @@ def delay_after_failure(exc: BaseException, cadence_s: float, failures: int,
                         backoff: Backoff) -> float:
     """How long a task sleeps after its `failures`-th failed run in a row.
 
-    A budget wall (`QuotaExhausted`) or an open circuit names its own wait: no sooner than
-    that. Anything else: the cadence plus exponential backoff with full jitter, so that
-    tasks failing together spread out.
+    - The upstream host failed (timeout, connection, 5xx, garbage, errors in a 200), or
+      the breaker refused the call because another probe is out: exactly the cadence. A
+      failing poller then asks no more often than a healthy one, each run is one probe
+      of the host (`breaker.py`), and the first run after the host returns, at most one
+      cadence later, is fresh again. Backoff on top would only delay that run: the
+      breaker already keeps users' misses off the failing host.
+    - A budget wall (`QuotaExhausted`: the day, or the minute window after a 429) names
+      its own wait: no sooner than that (recovery is then within one cadence of the
+      window clearing).
+    - Anything else (Redis or the database away, the key refused, a bug): the cadence
+      plus exponential backoff with full jitter (`POLL_BACKOFF_BASE_S` doubling up to
+      `POLL_BACKOFF_CAP_S`), so that tasks failing together spread out.
     """
-    if isinstance(exc, QuotaExhausted | CircuitOpen) and exc.retry_after_s:
+    if isinstance(exc, QuotaExhausted) and exc.retry_after_s:
         return max(cadence_s, float(exc.retry_after_s))
+    if is_host_failure(exc):
+        return cadence_s
     return cadence_s + backoff.compute(failures)
+
+
+def is_host_failure(exc: BaseException) -> bool:
+    """The upstream host is failing: its answer said so, or the breaker did."""
+    return isinstance(exc, CircuitOpen) or (
+        isinstance(exc, FetchError) and exc.kind in HOST_FAILURE_KINDS)

@@ -9,8 +9,9 @@ losing it (STYLE.md: no `create_task` that nobody holds). Each task's loop:
 2. waits until the task's `next_run`, kept in Redis (`state.py`) so that the cluster
    shares one schedule, and so that another task can move it sooner (`wake`);
 3. runs one iteration; a bad iteration is logged and counted, never the end of the loop;
-4. sleeps on the injected clock for the task's cadence, or its backoff after failures
-   (`cadence.delay_after_failure`), recording both in Redis.
+4. sleeps on the injected clock for the task's cadence, or after a failure for what
+   `cadence.delay_after_failure` says (the cadence itself when the upstream host failed,
+   a budget wall's wait, or the cadence plus backoff), recording both in Redis.
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ import asyncio
 import logging
 from dataclasses import dataclass, field
 from typing import Protocol
+
+from redis.exceptions import RedisError
 
 from btsguru import metrics
 from btsguru.clock import Clock
@@ -83,7 +86,7 @@ class Task(Protocol):
         """After a successful run: seconds until the next, and why."""
 
     def cadence_s(self) -> float:
-        """The interval a failure's backoff is added to."""
+        """The interval a failed run is retried after (any backoff is added to it)."""
 
 
 class IterationFailed(BtsguruError):
@@ -271,13 +274,14 @@ class Scheduler:
             cadence_s = task.cadence_s()
             cause = error.first if isinstance(error, IterationFailed) else error
             delay_s = delay_after_failure(cause, cadence_s, failures, self._backoff)
-            reason = f"backoff after {failures} failure{'s' if failures > 1 else ''}"
+            what = "retry" if delay_s <= cadence_s else "backoff"
+            reason = f"{what} after {failures} failure{'s' if failures > 1 else ''}"
             message = error.message if isinstance(error, BtsguruError) else str(error)
             fields.update(failures=failures, backoff_s=max(0.0, delay_s - cadence_s),
                           last_error=message[:300])
-            # an upstream failure is degraded service (logged where it happened too);
-            # anything else is a bug, with its traceback
-            expected = isinstance(cause, FetchError | BtsguruError)
+            # an upstream failure or a Redis outage is degraded service (logged where it
+            # happened too); anything else is a bug, with its traceback
+            expected = isinstance(cause, FetchError | BtsguruError | RedisError)
             log.warning("%s failed (%d in a row), next try in %.0f s: %s", name, failures,
                         delay_s, message, exc_info=None if expected else error)
         if report is not None:

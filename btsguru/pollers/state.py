@@ -74,7 +74,7 @@ class SportPollState:
     poll_interval_s: float | None  # the live poller's current interval
     last_poll_at: str | None  # its last successful poll, ISO 8601 UTC
     data_age_s: int | None  # seconds since then
-    failing: bool  # its last run (or the schedule's) failed
+    failing: bool  # the live task's last run failed (no live task yet: the schedule's)
 
 
 # The tasks whose rows `/v1/{sport}/live`'s `meta` reads (through `state`).
@@ -211,7 +211,10 @@ class PollerStateReader:
         return SportPollState(
             sport=sport, live_games=live.live_games or 0, poll_interval_s=live.interval_s,
             last_poll_at=iso_utc(live.last_success), data_age_s=age,
-            failing=live.failures > 0 or bool(schedule and schedule.failures))
+            # the live task's own runs say whether live data is current: a schedule run
+            # that failed during an outage would keep a fresh list stale until its next
+            # run (up to POLL_SCHEDULE_INTERVAL_S), long after the upstream came back
+            failing=live.failures > 0)
 
 
 def _text(value: Any) -> str | None:

@@ -57,6 +57,7 @@ from btsguru.pollers.cadence import (
     Kind,
     LiveDecision,
     PollShape,
+    is_host_failure,
     live_decision,
     standings_interval_s,
 )
@@ -199,23 +200,33 @@ async def carry_stored(ctx: SportContext, games: Sequence[Game],
 
 class _Calls:
     """The upstream calls of one run: failures are collected, not raised, so a run does
-    what it can with the answers it got; `finish` raises the first failure after."""
+    what it can with the answers it got; `finish` raises the first failure after (the
+    host's, when the host failed: the scheduler's next delay follows it).
+
+    Once the host itself has failed (`is_host_failure`), the run's remaining calls are
+    not made: they would most likely fail too, each spending a token, and the next run,
+    one cadence later, asks again. A run is then one probe of the host."""
 
     def __init__(self, ctx: SportContext, report: RunReport) -> None:
         self._ctx = ctx
         self.report = report
         self.first: BaseException | None = None
+        self.host_failed = False
 
     async def get(self, endpoint: str, params: Mapping[str, str]) -> list[Any] | None:
-        """The envelope's `response` list, or None when the call failed."""
+        """The envelope's `response` list, or None when the call failed or was skipped."""
+        if self.host_failed:
+            return None
         self.report.requests += 1
         try:
             body = await self._ctx.fetcher.get(self._ctx.sport, endpoint, params)
         except BtsguruError as exc:
             self.report.failures += 1
             self.report.errors.append(exc.message)
-            if self.first is None:
+            if self.first is None or is_host_failure(exc):
+                # the cause the scheduler's next delay follows: the host's failure wins
                 self.first = exc
+                self.host_failed = is_host_failure(exc)
             return None
         items = body.get("response")
         return items if isinstance(items, list) else []

@@ -12,6 +12,15 @@ States per sport:
   others still get `CircuitOpen`. The probe's success closes the breaker (and resets the
   cool-down); its failure re-opens it with the cool-down doubled, up to `max_cooldown_s`.
 
+Scheduled calls (the pollers', `before_call(sport, scheduled=True)`) may be the probe
+even during the cool-down, one in flight at a time: a poller asks at its own cadence,
+which already bounds what it spends, and it must find the host back within one cadence
+of its return, not at the end of a cool-down. Its success closes the breaker for every
+caller; its failure re-opens it for the cool-down in force, not doubled (the doubling
+only spaces out the probes of callers that have no schedule: users' cache misses). So
+while the pollers keep probing, users' misses get `CircuitOpen` at once and spend
+nothing, and are let through again as soon as a poll finds the host healthy.
+
 The state is in-process, per `UpstreamClient`: each process learns the host's health
 from its own calls. That is deliberate: it costs no Redis round trip per call, a process
 that cannot reach the host is exactly the one that should stop trying, and the cluster-
@@ -42,6 +51,7 @@ class _Circuit:
     opened_until: float = 0.0   # monotonic deadline of the current cool-down; 0 = closed
     cooldown_s: float = 0.0     # the cool-down used the last time it opened
     probing: bool = False       # a half-open probe is in flight
+    early_probe: bool = False   # ...let through during the cool-down (a scheduled call)
 
 
 class CircuitBreaker:
@@ -81,20 +91,24 @@ class CircuitBreaker:
             return float(PROBE_RETRY_AFTER_S)
         return max(0.0, circuit.opened_until - self._clock.monotonic())
 
-    def before_call(self, sport: str) -> None:
+    def before_call(self, sport: str, *, scheduled: bool = False) -> None:
         """Let a call through or raise `CircuitOpen`. A half-open breaker lets exactly one
-        caller through as the probe; that caller must then report `record_success`,
+        caller through as the probe, and an open one a `scheduled` caller (a poller) when
+        no probe is in flight; that caller must then report `record_success`,
         `record_failure` or `release`."""
         circuit = self._circuit(sport)
         if circuit.opened_until == 0.0:
             return
         wait_s = self.retry_after_s(sport)
-        if wait_s > 0:
+        if circuit.probing or (wait_s > 0 and not scheduled):
             raise CircuitOpen(
                 f"{sport}: the upstream is failing; calls are paused for {wait_s:.0f} s "
                 f"(circuit breaker open)", sport=sport, retry_after_s=max(1, round(wait_s)))
         circuit.probing = True
-        log.info("upstream %s: circuit half-open, sending one probe", sport)
+        circuit.early_probe = wait_s > 0
+        # a poll probing at its cadence is routine while the host fails: not news
+        log.log(logging.DEBUG if circuit.early_probe else logging.INFO,
+                "upstream %s: circuit half-open, sending one probe", sport)
 
     def record_success(self, sport: str) -> None:
         """The upstream host answered (even with a refusal): close the breaker."""
@@ -108,6 +122,10 @@ class CircuitBreaker:
         circuit = self._circuit(sport)
         if circuit.probing:
             circuit.probing = False
+            if circuit.early_probe:  # still failing: open as it was, from now
+                self._open(sport, circuit, "a scheduled probe failed", level=logging.DEBUG)
+                return
+            # the cool-down ran out and the host still fails: a longer one
             circuit.cooldown_s = min(self.max_cooldown_s, circuit.cooldown_s * 2)
             self._open(sport, circuit, "the probe failed")
             return
@@ -124,6 +142,8 @@ class CircuitBreaker:
         give the probe slot back without a verdict."""
         self._circuit(sport).probing = False
 
-    def _open(self, sport: str, circuit: _Circuit, why: str) -> None:
+    def _open(self, sport: str, circuit: _Circuit, why: str,
+              level: int = logging.WARNING) -> None:
         circuit.opened_until = self._clock.monotonic() + circuit.cooldown_s
-        log.warning("upstream %s: circuit open for %.0f s (%s)", sport, circuit.cooldown_s, why)
+        log.log(level, "upstream %s: circuit open for %.0f s (%s)", sport, circuit.cooldown_s,
+                why)

@@ -3,7 +3,8 @@
 First stage of the flow: the pollers (and, on a cache miss, the REST handlers' services)
 call `UpstreamClient.fetch`; it returns the parsed envelope or raises a `FetchError`.
 Each call goes, in order, through
-1. the sport's circuit breaker (`breaker.py`): a failing host is not asked at all;
+1. the sport's circuit breaker (`breaker.py`): a failing host is not asked at all, but
+   for the pollers' calls, which may probe it at their cadence;
 2. the quota governor (`quota.py`): a token per attempt, taken before anything is sent;
    users never wait for one, pollers may, for a bounded time;
 3. one aiohttp request with the auth headers the host needs and nothing else (the
@@ -12,7 +13,9 @@ Each call goes, in order, through
    rate-limit headers are read on every answer and fed back to the governor, and a
    daily or per-minute wall is reported to it;
 5. retries of transient failures only, with exponential backoff and full jitter, each
-   with its own token, and for users within the contract's 10 s (section 6).
+   with its own token, and for users within the contract's 10 s (section 6). A poller's
+   call is not retried after a host failure: its next run, one cadence later, is the
+   retry, so a failing poller never asks more often than a healthy one.
 """
 
 from __future__ import annotations
@@ -182,6 +185,9 @@ class UpstreamClient:
                     purpose: Purpose) -> UpstreamResponse:
         """GET `<base>/<endpoint>?<params>` for `sport` within the budget.
 
+        A poller's call (`purpose="poller"`) may be the breaker's probe during its
+        cool-down (see `breaker.py`) and is not retried after a host failure.
+
         Raises `CircuitOpen` (nothing sent), `QuotaExhausted` (no token; for users at
         once, for pollers after a bounded wait; or the upstream reported a wall),
         `UpstreamFailure` and its subclasses (the upstream failed; `transient` says
@@ -199,7 +205,7 @@ class UpstreamClient:
         while True:
             attempt += 1
             delay_s = 0.0
-            self.breaker.before_call(sport)
+            self.breaker.before_call(sport, scheduled=purpose == "poller")
             verdict_given = False
             try:
                 token = await self._take_token(sport, endpoint, purpose, deadline)
@@ -234,6 +240,8 @@ class UpstreamClient:
         """How long to wait before the next attempt, or None to give up with `exc`."""
         if not exc.transient or attempt >= self.max_attempts:
             return None
+        if purpose == "poller" and exc.kind in HOST_FAILURE_KINDS:
+            return None  # the poller's next run is the retry, at its cadence
         if self.breaker.state(sport) != "closed":
             return None  # this failure opened the breaker: report it, not CircuitOpen
         if exc.kind == "minute_quota":

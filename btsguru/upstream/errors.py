@@ -55,6 +55,11 @@ class FetchError(BtsguruError):
         self.upstream_message = upstream_message
 
 
+# A transient failure's 502 tells the user when to ask again (the contract: a JSON 502
+# or 503 with Retry-After): about one live poll, by when the relay has asked again itself.
+TRANSIENT_RETRY_AFTER_S = 5
+
+
 class UpstreamFailure(UpstreamError, FetchError):
     """The upstream answered badly or not at all (502)."""
 
@@ -64,7 +69,8 @@ class UpstreamFailure(UpstreamError, FetchError):
                  endpoint: str = "", http_status: int | None = None,
                  upstream_message: str | None = None) -> None:
         super().__init__(message, sport=sport, endpoint=endpoint, http_status=http_status,
-                         upstream_message=upstream_message)
+                         upstream_message=upstream_message,
+                         retry_after_s=TRANSIENT_RETRY_AFTER_S if transient else None)
         self.kind = kind
         self.transient = transient
 
