@@ -8,6 +8,10 @@ so users never see a traceback.
 
 from __future__ import annotations
 
+import logging
+
+log = logging.getLogger(__name__)
+
 
 class BtsguruError(Exception):
     """Base of every error that reaches a user."""
@@ -95,3 +99,10 @@ class Unavailable(BtsguruError):
     code = "unavailable"
     ws_close_code = 1012
     pusher_code = 4100
+
+
+def store_unavailable(what: str, exc: BaseException, *, retry_after_s: int = 2) -> Unavailable:
+    """The `Unavailable` a user sees when Redis failed under `what` (e.g. "the event
+    history"): the driver's text names hosts, ports and keys, so it goes to the log only."""
+    log.warning("%s is unavailable: %s", what, exc)
+    return Unavailable(f"{what} is unavailable; try again shortly", retry_after_s=retry_after_s)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import socket
+import weakref
 
 import pytest
 from tornado.iostream import IOStream, StreamClosedError
@@ -80,23 +81,52 @@ def test_chunk_framing():
     assert chunk(b"x" * 255).startswith(b"ff\r\n")
 
 
-async def test_the_hub_freezes_settled_connections_and_unfreezes_when_they_left():
+class _Cycle:
+    """Stands for a closed connection: garbage only the cyclic collector can free."""
+
+    def __init__(self) -> None:
+        self.me = self
+
+
+def _open_connection() -> tuple[list[_Cycle], weakref.ref[_Cycle]]:
+    """An open connection (`held`; clear it to close) and a way to tell it was freed."""
+    cycle = _Cycle()
+    return [cycle], weakref.ref(cycle)
+
+
+async def test_the_hub_freezes_settled_connections_and_collects_those_that_left():
     gc.unfreeze()  # whatever an earlier test left frozen
     hub = Hub(InMemoryBus(), None, None, None, ["football"])  # type: ignore[arg-type]
     try:
+        gc.disable()  # only the hub collects here
         hub._gc_joined = GC_FREEZE_AFTER  # as if admitted during the last tick...
         hub._manage_gc()
         assert gc.get_freeze_count() == 0  # ...not settled yet
+        held, gone = _open_connection()
         hub._manage_gc()  # a tick with no new connection: settled
         assert gc.get_freeze_count() > 0
-        hub._gc_frozen = 100
-        hub._gc_left = 49
+        held.clear()  # the connection closes
+        gc.collect()
+        assert gone() is not None  # frozen: ordinary collections skip it
+        # churn: connections left, new ones settled; the next freeze collects first
+        hub._gc_left, hub._gc_joined = 1, GC_FREEZE_AFTER
         hub._manage_gc()
+        hub._manage_gc()
+        assert gone() is None
         assert gc.get_freeze_count() > 0
-        hub._gc_left = 50  # half of those frozen have left: their cycles are collectable
+        # no churn: a quarter of the frozen connections gone is enough
+        held, gone = _open_connection()
+        gc.freeze()
+        held.clear()
+        hub._gc_frozen, hub._gc_left = 100, 24
         hub._manage_gc()
-        assert gc.get_freeze_count() == 0
+        assert gone() is not None
+        hub._gc_left = 25
+        hub._manage_gc()
+        assert gone() is None
+        assert gc.get_freeze_count() > 0
     finally:
+        gc.enable()
         gc.unfreeze()
 
 

@@ -559,6 +559,9 @@ class RateLimiter:
                 lease.returning += back
                 self._orphans.setdefault(user_id, []).append(lease)
             raise
+        finally:
+            # gives its connection back, also when execute was cut short (a timeout)
+            await pipe.reset()  # type: ignore[no-untyped-call]
         return sum(back for _, _, back in work)
 
     async def close(self) -> None:

@@ -21,9 +21,11 @@ Where it sits: store + bus -> **hub** -> transports (native WebSocket, SSE, Push
   collection walks them all, a pause of tens of milliseconds per ten thousand
   connections that lands on whatever fan-out is running. Once connections have
   settled (`GC_FREEZE_AFTER` new ones, then a quiet tick), the tick moves everything
-  alive into the collector's permanent generation (`gc.freeze`, after a young
-  collection), so later collections skip them; when half as many have left as were
-  frozen, it unfreezes, and the collector reclaims the cycles they left behind.
+  alive into the collector's permanent generation (`gc.freeze`), so later collections
+  skip them. Frozen objects are never collected, so the cycles of connections that have
+  closed since would stay for good (a soak with reconnect churn grew 3.5 MB a minute):
+  a freeze after any connection left, or a quarter of the frozen ones having left,
+  first unfreezes and runs one full collection, then freezes what is alive.
 - Bus reconnects (pub/sub loses what is published while it is down) replay the same
   way from each subscription's last id; slow consumers are re-snapshotted once their
   socket drains (`Connection`); shutdown closes every connection with 1012 (SSE: the
@@ -47,7 +49,7 @@ import orjson
 from redis.exceptions import RedisError
 
 from btsguru import metrics
-from btsguru.errors import BtsguruError, Unavailable
+from btsguru.errors import BtsguruError, Unavailable, store_unavailable
 from btsguru.lifecycle import cancel_tasks
 from btsguru.realtime.channels import Channel
 from btsguru.realtime.connection import (
@@ -82,6 +84,7 @@ RECENT_DAYS = 2  # an expired cursor's snapshot covers games updated since, toda
 # reconnect storm queues here instead of failing for want of a connection.
 READ_CONCURRENCY = 32
 GC_FREEZE_AFTER = 200  # connections admitted since the last freeze before the next one
+GC_REFREEZE_SHARE = 4  # ...or 1/N of the frozen ones gone: collect them, freeze again
 
 
 def format_pos(pos: StreamPos) -> str:
@@ -268,7 +271,7 @@ class Hub:
             for sub in added:
                 conn.subs.pop(sub.name, None)
                 self._detach(sub)
-            raise Unavailable(f"subscribing failed, try again: {exc}", retry_after_s=2) from None
+            raise store_unavailable("subscribing", exc) from None
         for name in again:
             conn.control({"op": "subscribed", "channel": name, "recovered": False})
         pending = list(new.items())
@@ -406,8 +409,7 @@ class Hub:
             return await self._reads.read(key, ticket, lambda: self._history.read_after(
                 sport, since, game_ids=game_ids, league_ids=league_ids))
         except (RedisError, OSError) as exc:
-            raise Unavailable(f"the event history is unavailable: {exc}",
-                              retry_after_s=2) from None
+            raise store_unavailable("the event history", exc) from None
 
     def _replay(self, conn: Connection, subs: Sequence[Subscription],
                 events: Sequence[HistoryEvent]) -> None:
@@ -428,8 +430,7 @@ class Hub:
         try:
             last = await self._last_id(sport, ticket)
         except (RedisError, OSError) as exc:
-            raise Unavailable(f"the event history is unavailable: {exc}",
-                              retry_after_s=2) from None
+            raise store_unavailable("the event history", exc) from None
         ticket = self._reads.ticket()  # the snapshot must include everything up to `last`
         pos = parse_stream_id(last)
         for sub in subs:
@@ -463,7 +464,7 @@ class Hub:
                 pool = await self._reads.read(("recent", sport, expired), ticket,
                                               lambda: self._recent_games(sport, since_s))
         except (RedisError, OSError) as exc:
-            raise Unavailable(f"game state is unavailable: {exc}", retry_after_s=2) from None
+            raise store_unavailable("game state", exc) from None
         except BtsguruError:
             raise
         out: list[tuple[Subscription, Game]] = []
@@ -508,21 +509,31 @@ class Hub:
     # -- bus reconnects --
 
     def _on_bus_reconnect(self) -> None:
-        sports = {sub.channel.sport for subs in self._channels.values() for sub in subs}
-        for sport in sports:
-            self._spawn(self._resync_sport(sport), f"resync {sport}")
-
-    async def _resync_sport(self, sport: str) -> None:
-        """Fill what the bus missed while it was down, from the history."""
-        groups: dict[Connection, list[Subscription]] = {}
+        """The bus calls this before it delivers anything more, so every subscription
+        starts holding live events here and now: one delivered before its resync began
+        would move its position past the events the bus missed, and the replay from
+        that position would skip them. A catch-up already running is told to read the
+        history again when it is done (as when its buffer overflows)."""
+        groups: dict[str, dict[Connection, list[Subscription]]] = {}
         for local in self._channels.values():
             for sub in local:
-                if sub.channel.sport == sport and sub.sync is None and not sub.conn.closed:
-                    groups.setdefault(sub.conn, []).append(sub)
-        for group in groups.values():
-            sync = Sync()
-            for sub in group:
-                sub.sync = sync
+                if sub.conn.closed:
+                    continue
+                if sub.sync is not None:
+                    sub.sync.overflowed = True
+                    sub.sync.buffer.clear()  # the history has them all
+                    continue
+                groups.setdefault(sub.channel.sport, {}).setdefault(sub.conn, []).append(sub)
+        for sport, by_conn in groups.items():
+            for group in by_conn.values():
+                sync = Sync()
+                for sub in group:
+                    sub.sync = sync
+            self._spawn(self._resync_sport(sport, by_conn), f"resync {sport}")
+
+    async def _resync_sport(self, sport: str,
+                            groups: dict[Connection, list[Subscription]]) -> None:
+        """Fill what the bus missed while it was down, from the history."""
         log.info("hub: bus reconnected; catching up %d connections on %s", len(groups), sport)
 
         async def catch_up(conn: Connection, group: list[Subscription]) -> None:
@@ -594,8 +605,15 @@ class Hub:
             await asyncio.sleep(TICK_S)
 
     def _check_connections(self, now: float) -> None:
+        wall = time.time()
         for conn in list(self.connections.values()):
             if conn.closed:
+                continue
+            expires_at = conn.principal.expires_at
+            if expires_at is not None and wall >= expires_at:
+                # a key that expires while connected: its stream ends within a tick, as
+                # its next request would fail (revocations: `realtime.revocation`)
+                conn.revoked()
                 continue
             conn.tick(now)
             if conn.stalled_since is not None and now - conn.stalled_since > STALL_TIMEOUT_S:
@@ -604,20 +622,26 @@ class Hub:
                 conn.heartbeat()
 
     def _manage_gc(self) -> None:
-        """See the module docstring: freeze settled connections, unfreeze when many left."""
+        """See the module docstring: freeze settled connections, and collect what the
+        ones that left have left frozen."""
         settled = self._gc_joined == self._gc_joined_last_tick
         self._gc_joined_last_tick = self._gc_joined
-        if self._gc_frozen and self._gc_left * 2 >= self._gc_frozen:
+        if self._gc_frozen and self._gc_left * GC_REFREEZE_SHARE >= self._gc_frozen:
+            self._refreeze(full=True)
+        elif settled and self._gc_joined >= GC_FREEZE_AFTER:
+            self._refreeze(full=self._gc_left > 0)
+
+    def _refreeze(self, *, full: bool) -> None:
+        if full:
             gc.unfreeze()
-            self._gc_frozen = self._gc_left = 0
-            log.debug("hub: unfroze the collector's permanent generation")
-        if settled and self._gc_joined >= GC_FREEZE_AFTER:
+            gc.collect()
+        else:
             gc.collect(1)
-            gc.freeze()
-            self._gc_frozen, self._gc_left = len(self.connections), 0
-            self._gc_joined = self._gc_joined_last_tick = 0
-            log.debug("hub: froze %d objects (%d connections)", gc.get_freeze_count(),
-                      self._gc_frozen)
+        gc.freeze()
+        self._gc_frozen, self._gc_left = len(self.connections), 0
+        self._gc_joined = self._gc_joined_last_tick = 0
+        log.debug("hub: froze %d objects (%d connections%s)", gc.get_freeze_count(),
+                  self._gc_frozen, ", after a full collection" if full else "")
 
     async def _release_idle(self, now: float) -> None:
         idle = [name for name, since in self._idle_since.items()

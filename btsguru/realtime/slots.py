@@ -35,7 +35,7 @@ from collections import Counter
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from btsguru.errors import Unavailable
+from btsguru.errors import store_unavailable
 from btsguru.store.redis import Keys
 
 log = logging.getLogger(__name__)
@@ -109,8 +109,7 @@ class StreamSlots:
         try:
             total = await self._submit(user_id, limit)
         except (RedisError, OSError) as exc:
-            raise Unavailable(f"stream admission is unavailable: {exc}",
-                              retry_after_s=5) from None
+            raise store_unavailable("stream admission", exc, retry_after_s=5) from None
         if total < 0:
             return None
         self.local[user_id] += 1
