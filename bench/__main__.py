@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import importlib
 
-SCENARIOS = ("rest_hits", "normalize", "pollers", "fanout", "bandwidth", "economy", "e2e")
+SCENARIOS = ("rest_hits", "normalize", "pollers", "fanout", "bandwidth", "economy", "e2e", "soak")
 
 
 def main() -> None:

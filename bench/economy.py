@@ -431,11 +431,10 @@ class Count:
     settled: bool  # no request was in flight while the simulator was read
 
 
-def _tokens(base_url: str) -> tuple[dict[str, int], dict[str, int], dict[str, int]]:
-    import urllib.request
+def _tokens(stack: Any) -> tuple[dict[str, int], dict[str, int], dict[str, int]]:
+    from bench.harness import metrics_text
 
-    with urllib.request.urlopen(f"{base_url}/metrics", timeout=10) as resp:
-        text = resp.read().decode()
+    text = metrics_text(stack)
     poller = dict.fromkeys(SPORTS, 0)
     user = dict.fromkeys(SPORTS, 0)
     answered = dict.fromkeys(SPORTS, 0)
@@ -460,10 +459,10 @@ def count(stack: Any, tries: int = 200) -> Count:
     import time
 
     for _ in range(tries):
-        first = _tokens(stack.base_url)
+        first = _tokens(stack)
         served = _per_sport({}, _sim_stats(stack.simulator_url))
         at = time.monotonic()
-        second = _tokens(stack.base_url)
+        second = _tokens(stack)
         poller, user, answered = second
         quiet = all(poller[s] + user[s] == answered[s] for s in SPORTS)
         if first == second and quiet:

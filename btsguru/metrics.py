@@ -3,8 +3,9 @@
 Where it sits: beside the flow. Each stage counts what it does with one call here
 (upstream client, raw proxy, pollers, hub and connections, REST handlers, the rate
 limit); the gauges that describe shared state (quota, data age, live games, task lag,
-connections, send queues, the breaker, Redis and the database) are set at scrape time by
-`collect_state`, from the services that already keep that state, so they are never stale.
+connections, send queues, event-loop tasks, the breaker, Redis and the database) are set
+at scrape time by `collect_state`, from the services that already keep that state, so they
+are never stale.
 
 Names carry their unit (`_seconds`, `_bytes`, `_total`) and every label has a bounded
 set of values: sports, endpoints of the allow-list, task names, transports, tiers,
@@ -126,6 +127,9 @@ SEND_QUEUE_FRAMES = Gauge(
 SEND_QUEUE_BYTES = Gauge(
     "btsguru_send_queue_bytes", "Bytes waiting in connections' send queues.",
     ["transport"], registry=REGISTRY)
+EVENT_LOOP_TASKS = Gauge(
+    "btsguru_event_loop_tasks", "asyncio tasks alive in this process's event loop (a leak "
+    "shows as growth at a steady number of connections).", registry=REGISTRY)
 
 
 class SentTally:
@@ -276,6 +280,7 @@ async def collect_state(s: Services) -> None:
         STREAM_CONNECTIONS.labels(kind).set(open_.get(kind, 0))
         SEND_QUEUE_FRAMES.labels(kind).set(frames.get(kind, 0))
         SEND_QUEUE_BYTES.labels(kind).set(queued.get(kind, 0))
+    EVENT_LOOP_TASKS.set(len(asyncio.all_tasks()))
 
 
 def render() -> bytes:
