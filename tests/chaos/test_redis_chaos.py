@@ -31,6 +31,7 @@ import aiohttp
 import pytest
 
 from bench.harness import ChildLog, Stack, processes, report
+from btsguru.pollers.lease import LEASE_RENEW_S, LEASE_TTL_S
 from btsguru.store.history import EventHistory, HistoryEvent
 from btsguru.store.redis import REDIS_SOCKET_TIMEOUT_S
 from tests.chaos.redis_helpers import (
@@ -147,23 +148,25 @@ async def inject(redis: PrivateRedis, fault: str, clients: list[Resumer], probe:
         wait_until(lambda: all(id_ms(c.last_id) > back_at * 1000 for c in clients),
                    RECOVERY_BOUND_S, "every client gets events published after Redis is back"),
         wait_until(leases_held, RECOVERY_BOUND_S, "the pollers' leases held again"))
-    first = {name: held for name, held in (await lease_holders(stack)).items()
-             if name in poller_leases}
-
-    async def renewed() -> bool:
-        """Each lease is kept: held by a live worker, its TTL back up since `first`
-        (renewed by its holder, or taken afresh by the other worker). The alerter's
-        lease is left out: it is taken per check, and changes hands."""
-        now = await lease_holders(stack)
-        return all(name in now and holder_pid(now[name][0]) in workers
-                   and (now[name][1] > pttl or now[name][0] != token)
-                   for name, (token, pttl) in first.items())
-
-    await wait_until(renewed, RECOVERY_BOUND_S, "the leases kept by a live worker")
+    await leases_kept(stack, poller_leases, workers)
     counts = {id(c): c.events for c in clients}
     await wait_until(lambda: all(c.events >= counts[id(c)] + EVENTS_AFTER for c in clients),
                      60, "events after recovery")
     return check(fault, clients, probe, fault_at, back_at, flow_s, lease_s)
+
+
+async def leases_kept(stack: Stack, names: set[str], workers: list[int]) -> None:
+    """Each lease is held by a live worker at every look for longer than its TTL: so it
+    was renewed (by its holder, or taken afresh by the other worker), not left to run
+    out. (Comparing TTLs between two looks instead fails whenever the first look came
+    right after a renewal.) The alerter's lease is left out: it changes hands by design."""
+    deadline = time.monotonic() + LEASE_TTL_S + LEASE_RENEW_S
+    while time.monotonic() < deadline:
+        held = await lease_holders(stack)
+        for name in names:
+            assert name in held and holder_pid(held[name][0]) in workers \
+                and held[name][1] > 0, f"lease {name} lapsed after Redis came back: {held}"
+        await asyncio.sleep(0.25)  # sampling over the window, not a synchronisation
 
 
 def check(fault: str, clients: list[Resumer], probe: RestProbe,
