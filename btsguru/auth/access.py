@@ -254,22 +254,19 @@ class AccessService:
     async def usage_for_user(self, user_id: int, days: int = 30) -> list[DayUsage]:
         """The user's usage per UTC day, oldest first, today last (see `UsageService`);
         `Unavailable` when Redis or the database cannot answer."""
-        await self._flush_quietly()
-        try:
-            return await self.usage.usage_for_user(user_id, days)
-        except (RedisError, OSError) as exc:
-            raise store_unavailable("usage", exc, retry_after_s=USAGE_RETRY_AFTER_S) from None
-        except Unavailable:  # the database: say when to come back, not what failed
-            raise Unavailable(USAGE_DB_DOWN, retry_after_s=USAGE_RETRY_AFTER_S) from None
+        return await self._usage(lambda: self.usage.usage_for_user(user_id, days))
 
     async def usage_for_key(self, key_id: int, days: int = 30) -> list[DayUsage]:
         """One key's usage, like `usage_for_user`."""
+        return await self._usage(lambda: self.usage.usage_for_key(key_id, days))
+
+    async def _usage(self, query: Callable[[], Awaitable[list[DayUsage]]]) -> list[DayUsage]:
         await self._flush_quietly()
         try:
-            return await self.usage.usage_for_key(key_id, days)
+            return await query()
         except (RedisError, OSError) as exc:
             raise store_unavailable("usage", exc, retry_after_s=USAGE_RETRY_AFTER_S) from None
-        except Unavailable:
+        except Unavailable:  # the database: say when to come back, not what failed
             raise Unavailable(USAGE_DB_DOWN, retry_after_s=USAGE_RETRY_AFTER_S) from None
 
     async def _flush_quietly(self) -> None:
