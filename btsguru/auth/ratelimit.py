@@ -65,6 +65,7 @@ from btsguru.clock import Clock
 from btsguru.errors import RateLimited, Unavailable
 from btsguru.lifecycle import cancel_tasks
 from btsguru.store.redis import Keys
+from btsguru.store.typed import reset_pipeline
 
 log = logging.getLogger(__name__)
 
@@ -561,7 +562,7 @@ class RateLimiter:
             raise
         finally:
             # gives its connection back, also when execute was cut short (a timeout)
-            await pipe.reset()  # type: ignore[no-untyped-call]
+            await reset_pipeline(pipe)
         return sum(back for _, _, back in work)
 
     async def close(self) -> None:

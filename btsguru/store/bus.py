@@ -46,6 +46,7 @@ from redis.exceptions import RedisError
 
 from btsguru.lifecycle import cancel_tasks
 from btsguru.store.redis import Keys
+from btsguru.store.typed import aclose_pubsub
 from btsguru.upstream.backoff import Backoff
 
 log = logging.getLogger(__name__)
@@ -265,7 +266,7 @@ class RedisBus:
             await cancel_tasks([reader], owner="bus")
         if pubsub is not None:
             with contextlib.suppress(RedisError, OSError):
-                await pubsub.aclose()  # type: ignore[no-untyped-call]
+                await aclose_pubsub(pubsub)
         self._subscriptions.clear()
         self._by_redis.clear()
 
@@ -325,7 +326,7 @@ class RedisBus:
             old, self._pubsub = self._pubsub, self._redis.pubsub()
             if old is not None:
                 with contextlib.suppress(RedisError, OSError):
-                    await old.aclose()  # type: ignore[no-untyped-call]
+                    await aclose_pubsub(old)
             exact = [s.exact for s in self._subscriptions.values()]
             patterns = [s.pattern for s in self._subscriptions.values() if s.pattern]
             try:

@@ -23,6 +23,8 @@ from typing import Any, NoReturn
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
+from btsguru.store.typed import aclose_pubsub
+
 log = logging.getLogger(__name__)
 
 SUBSCRIBE_TIMEOUT_S = 5.0  # a Redis that does not confirm a subscription in 5 s is down
@@ -72,5 +74,5 @@ async def listen(redis: aioredis.Redis, *, what: str, on_message: Callable[[dict
             if on_reset is not None:
                 on_reset()
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(pubsub.aclose(), CLOSE_TIMEOUT_S)  # type: ignore[no-untyped-call]
+                await asyncio.wait_for(aclose_pubsub(pubsub), CLOSE_TIMEOUT_S)
         await sleep(backoff_s(failures))
