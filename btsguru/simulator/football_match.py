@@ -21,15 +21,24 @@ def football(b: Builder, rng: random.Random, scenario: str, league: League, home
     stop1, stop2, kicks, kicks_start = _football_periods(b, rng, scenario)
     plan = _football_goal_plan(rng, scenario, stop1, stop2)
     events = _football_events(b, rng, plan, stop1, stop2, (home, away))
-    teams = (home, away)
+    takers = (_shootout_takers(rng, home), _shootout_takers(rng, away)) if kicks else ((), ())
     for index, scored in enumerate(kicks):
-        side = index % 2
+        side, turn = index % 2, index // 2
+        order = takers[side]
         events.append(Event(
             kicks_start + 50 * (index + 1), side, "Goal",
             "Penalty" if scored else "Missed Penalty", 1 if scored else 0,
-            "PEN", 120 * MIN, rng.choice(teams[side].players[1:11]), None, None,
+            "PEN", 120 * MIN, order[turn % len(order)], None, None,
             "Penalty Shootout"))
     return events
+
+
+def _shootout_takers(rng: random.Random, team: Team) -> tuple[Player, ...]:
+    """The order in which a side's eleven on the pitch take their kicks (the goalkeeper
+    last): as in the Laws of the Game, nobody kicks twice before all of them have."""
+    outfield = list(team.players[1:11])
+    rng.shuffle(outfield)
+    return (*outfield, team.players[0])
 
 
 def _football_periods(b: Builder, rng: random.Random,
