@@ -97,10 +97,11 @@ class WsClient:
     received: list[dict[str, Any]] = field(default_factory=list)
 
     @classmethod
-    async def connect(cls, url: str, key: str | None, **kwargs: Any) -> WsClient:
+    async def connect(cls, url: str, key: str | None, *, connect_timeout_s: float = TIMEOUT_S,
+                      **kwargs: Any) -> WsClient:
         full = url if key is None else f"{url}?api_key={key}"
         conn = await asyncio.wait_for(tornado.websocket.websocket_connect(full, **kwargs),
-                                      TIMEOUT_S)
+                                      connect_timeout_s)
         return cls(conn)
 
     async def send(self, message: dict[str, Any] | str) -> None:

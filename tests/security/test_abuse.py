@@ -58,6 +58,10 @@ from tests.store_fixtures import make_game, wait_for
 FAST_LIMITS = {"HTTP_IDLE_TIMEOUT_S": "1", "HTTP_BODY_TIMEOUT_S": "1"}
 CROWD = 1_000
 TIMEOUT_SLACK_S = 2.0  # a connection is closed within its timeout plus this
+# How long a test waits for a crowd to be dealt with before it gives up: generous, since a
+# loaded machine (parallel test workers) slows the clients as much as the server; the
+# bounds under test are asserted on the times measured, not by this deadline.
+CROWD_DEADLINE_S = 60.0
 
 
 @contextlib.asynccontextmanager
@@ -119,8 +123,10 @@ async def assert_served(r: Relay) -> float:
 
 
 async def closed_after(reader: asyncio.StreamReader, since: float) -> tuple[float, bytes]:
-    """Seconds from `since` until the server closed this connection, and what it sent."""
-    data = await asyncio.wait_for(_read_to_end(reader), TIMEOUT_S)
+    """Seconds from `since` until the server closed this connection, and what it sent.
+    `since` is taken before the connection was opened: the server's timer cannot start
+    earlier, so a close measured under the timeout really came early."""
+    data = await asyncio.wait_for(_read_to_end(reader), CROWD_DEADLINE_S)
     return time.monotonic() - since, data
 
 
@@ -190,34 +196,36 @@ async def test_idle_tcp_connections_that_never_send_are_closed_by_the_idle_timeo
         sse = await SseClient.connect(r.http_url, r.keys["pro"], "sports.football")
         ws = await WsClient.connect(r.ws_url, r.keys["pro"])
         writers, closes = [], []
-        started = time.monotonic()
-        for _ in range(CROWD):
-            reader, writer = await asyncio.open_connection("127.0.0.1", r.port)
-            writers.append(writer)
-            closes.append(asyncio.create_task(closed_after(reader, time.monotonic())))
-        opening_s = time.monotonic() - started
         try:
-            assert await assert_served(r) < 0.9  # before the timeouts fire
+            served_s = None
+            for n in range(CROWD):
+                opening = time.monotonic()
+                reader, writer = await asyncio.open_connection("127.0.0.1", r.port)
+                writers.append(writer)
+                closes.append(asyncio.create_task(closed_after(reader, opening)))
+                if n == CROWD // 2:  # a normal client, with half the crowd waiting
+                    served_s = await assert_served(r)
             outcomes = await asyncio.gather(*closes)
+            assert all(data == b"" for _, data in outcomes)  # closed, never answered
+            seconds = sorted(seconds for seconds, _ in outcomes)
+            assert seconds[0] >= 0.9, f"closed before the timeout: {seconds[:3]}"
+            assert seconds[-1] <= 1 + TIMEOUT_SLACK_S, f"closed late: {seconds[-3:]}"
+            assert served_s is not None and served_s < 0.9, served_s
+            await assert_served(r)
+            await ws.send({"op": "ping"})
+            assert await ws.recv() == {"op": "pong"}
+            await r.services.games.ingest("football", [make_game(1001)])
+            await r.services.games.ingest("football", [make_game(
+                1001, phase=Phase.LIVE, code="1H", home=0, away=0, clock="1", period=1)])
+            got = await sse.events_until(lambda e: e["event"] == "game.started")
+            assert got[-1]["data"]["channel"] == "sports.football"
         finally:
             for task in closes:
                 task.cancel()
             for writer in writers:
                 writer.close()
-        assert opening_s < 5, f"opening {CROWD} connections took {opening_s:.1f} s"
-        assert all(data == b"" for _, data in outcomes)
-        assert all(0.9 <= seconds <= 1 + TIMEOUT_SLACK_S for seconds, _ in outcomes), \
-            sorted(seconds for seconds, _ in outcomes)[-5:]
-        await assert_served(r)
-        await ws.send({"op": "ping"})
-        assert await ws.recv() == {"op": "pong"}
-        await r.services.games.ingest("football", [make_game(1001)])
-        await r.services.games.ingest("football", [make_game(
-            1001, phase=Phase.LIVE, code="1H", home=0, away=0, clock="1", period=1)])
-        got = await sse.events_until(lambda e: e["event"] == "game.started")
-        assert got[-1]["data"]["channel"] == "sports.football"
-        ws.close()
-        await sse.close()
+            ws.close()
+            await sse.close()
 
 
 # -- idle streams from one key --
@@ -230,12 +238,13 @@ async def test_thousands_of_idle_streams_from_one_key_are_bounded_by_the_tier(tm
         await r.services.tiers.update("pro", rest_burst=10 * CROWD)
         limit = (await r.services.tiers.get("pro")).max_streams  # 50 by default
         crowd: list[WsClient] = []
-        for start in range(0, CROWD, 100):  # in waves, as a reconnect storm comes
-            crowd += await asyncio.gather(*(WsClient.connect(r.ws_url, r.keys["pro"])
-                                            for _ in range(start, min(start + 100, CROWD))))
         try:
+            for start in range(0, CROWD, 100):  # in waves, as a reconnect storm comes
+                crowd += await asyncio.gather(*(
+                    WsClient.connect(r.ws_url, r.keys["pro"], connect_timeout_s=CROWD_DEADLINE_S)
+                    for _ in range(start, min(start + 100, CROWD))))
             await wait_for(lambda: sum(ws.close_code == 4008 for ws in crowd) ==
-                           CROWD - limit, TIMEOUT_S)
+                           CROWD - limit, CROWD_DEADLINE_S)
             user = next(c.user_id for c in hub.connections.values())
             assert hub.slots.local[user] == limit
             assert len(hub.connections) == limit
@@ -261,7 +270,7 @@ async def test_thousands_of_idle_streams_from_one_key_are_bounded_by_the_tier(tm
             for ws in crowd:
                 ws.close()
         # every slot comes back once the clients leave
-        await wait_for(lambda: not hub.connections and not hub.slots.local, TIMEOUT_S)
+        await wait_for(lambda: not hub.connections and not hub.slots.local, CROWD_DEADLINE_S)
         again = await WsClient.connect(r.ws_url, r.keys["pro"])
         await again.send({"op": "ping"})
         assert await again.recv() == {"op": "pong"}
