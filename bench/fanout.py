@@ -50,6 +50,7 @@ from bench.harness import (
     Processes,
     bench_user,
     free_port,
+    node_packages,
     processes,
     report,
     wait_http,
@@ -107,13 +108,7 @@ def start_btsguru(group: Processes, case: Case) -> Server:
 
 def node_modules() -> Path:
     """`ws` for the reference, installed on first use (git ignores node_modules)."""
-    node, npm = shutil.which("node"), shutil.which("npm")
-    if node is None or npm is None:
-        raise RuntimeError("the Node `ws` reference needs node and npm")
-    if not (NODE_DIR / "node_modules" / "ws").is_dir():
-        subprocess.run([npm, "install", "--prefix", str(NODE_DIR), "--no-audit", "--no-fund"],
-                       check=True, capture_output=True, timeout=300)
-    return Path(node)
+    return node_packages(NODE_DIR, "ws")
 
 
 def start_node_ws(group: Processes, case: Case) -> Server:

@@ -4,6 +4,7 @@ simulator and btsguru started as a user would start them, wrk runs, and the resu
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import platform
@@ -31,6 +32,23 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def node_packages(folder: Path, module: str) -> Path:
+    """`node`, once `folder/node_modules/module` is there: `npm ci` from the folder's
+    package-lock.json (the versions CI tested, checked by their integrity hashes) on first
+    use. A lock file makes concurrent callers (parallel test workers) install once."""
+    node, npm = shutil.which("node"), shutil.which("npm")
+    if node is None or npm is None:
+        raise RuntimeError(f"node and npm are needed for {module} (Debian: nodejs, npm)")
+    with (folder / ".install.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (folder / "node_modules" / module).is_dir():
+            done = subprocess.run([npm, "ci", "--prefix", str(folder), "--no-audit", "--no-fund"],
+                                  capture_output=True, text=True, timeout=300, check=False)
+            if done.returncode != 0:
+                raise RuntimeError(f"npm ci in {folder.name}/ failed: {done.stderr[-500:]}")
+    return Path(node)
 
 
 def wait_http(url: str, timeout_s: float = 30.0) -> None:

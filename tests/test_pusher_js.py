@@ -1,13 +1,12 @@
 """The real pusher-js (from npm, under Node) against the Pusher endpoint: public, private
 and presence game channels with game events, presence members coming and going, and a
-backend publish through the signed HTTP API. Skipped when Node or npm is missing."""
+backend publish through the signed HTTP API. Node.js and npm are required (`.ci/run`
+installs Debian's when missing); pusher-js comes from tests/node's package-lock.json."""
 
 from __future__ import annotations
 
 import asyncio
 import json
-import shutil
-import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -15,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from bench.harness import node_packages
 from btsguru.sports.base import Phase
 from tests.pusher_helpers import api
 from tests.realtime_helpers import TIMEOUT_S, relay
@@ -26,16 +26,8 @@ SCRIPT = NODE_DIR / "pusher_client.js"
 
 @pytest.fixture(scope="module")
 def pusher_js() -> Path:
-    node, npm = shutil.which("node"), shutil.which("npm")
-    if node is None or npm is None:
-        pytest.skip("node and npm are needed for the pusher-js tests")
-    if not (NODE_DIR / "node_modules" / "pusher-js").is_dir():
-        result = subprocess.run([npm, "install", "--prefix", str(NODE_DIR), "--no-audit",
-                                 "--no-fund"], capture_output=True, text=True, timeout=180,
-                                check=False)
-        if result.returncode != 0:
-            pytest.skip(f"npm install pusher-js failed: {result.stderr[-300:]}")
-    return Path(node)
+    """`node`, with pusher-js installed from tests/node's package-lock.json."""
+    return node_packages(NODE_DIR, "pusher-js")
 
 
 class NodeClient:
