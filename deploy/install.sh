@@ -3,12 +3,14 @@
 #
 #   deploy/install.sh --wheel dist/btsguru-X.Y.Z-py3-none-any.whl
 #                     [--prefix /opt/btsguru] [--env-file FILE] [--ports "8081 8082"]
-#                     [--root /] [--health-timeout 60]
+#                     [--root /] [--health-timeout 60] [--lock requirements/runtime.txt]
 #
 # Steps, in order:
 #   1. the `btsguru` system user (useradd, when missing) and /var/lib/btsguru, /etc/btsguru;
-#   2. the virtualenv PREFIX/venv (created when missing) and the wheel into it (pip);
-#      templates/ and static/ come with the wheel, under PREFIX/venv/share/btsguru;
+#   2. the virtualenv PREFIX/venv (created when missing); the dependencies from the lock
+#      (--lock, requirements/runtime.txt of this checkout: pinned and hash-checked, the
+#      versions CI tested), then the wheel without dependencies of its own; templates/
+#      and static/ come with the wheel, under PREFIX/venv/share/btsguru;
 #   3. the units from systemd/ beside this script into /etc/systemd/system (their
 #      /opt/btsguru paths rewritten for another --prefix), then `systemctl daemon-reload`;
 #      deploy/backup.sh as PREFIX/backup.sh, for cron;
@@ -31,6 +33,7 @@ root=""
 health_timeout_s=60
 user=btsguru
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+lock=$here/../requirements/runtime.txt
 
 say() { echo "install.sh: $*"; }
 die() { echo "install.sh: $*" >&2; exit 1; }
@@ -44,6 +47,7 @@ while [ $# -gt 0 ]; do
         --ports) ports=$2 ;;
         --root) root=${2%/} ;;
         --health-timeout) health_timeout_s=$2 ;;
+        --lock) lock=$2 ;;
         -h|--help) awk 'NR > 1 && !/^#/ {exit} NR > 1 {sub(/^# ?/, ""); print}' "$0"; exit 0 ;;
         *) die "unknown argument $1 (try --help)" ;;
     esac
@@ -56,6 +60,7 @@ case "$(basename "$wheel")" in btsguru-*.whl) ;; *) die "$wheel is not a btsguru
 case "$prefix" in /*) ;; *) die "--prefix must be an absolute path" ;; esac
 [ -z "$env_source" ] || [ -r "$env_source" ] || die "cannot read --env-file $env_source"
 [ -d "$here/../systemd" ] || die "no systemd/ beside $here: run this script from a checkout"
+[ -r "$lock" ] || die "cannot read the lock $lock (--lock FILE)"
 wheel=$(cd "$(dirname "$wheel")" && pwd)/$(basename "$wheel")
 
 venv=$prefix/venv
@@ -83,9 +88,13 @@ if [ ! -x "$venv/bin/python" ]; then
     say "creating the virtualenv $venv"
     "${PYTHON:-python3}" -m venv "$venv" || die "cannot create the virtualenv $venv"
 fi
+say "installing the dependencies from $(basename "$lock") into $venv"
+"$venv/bin/pip" install --quiet --disable-pip-version-check --require-hashes -r "$lock" \
+    || die "pip could not install the locked dependencies from $lock into $venv"
 say "installing $(basename "$wheel") into $venv"
-# --force-reinstall: the same version number rebuilt still replaces the old files
-"$venv/bin/pip" install --quiet --disable-pip-version-check --force-reinstall \
+# --force-reinstall: the same version number rebuilt still replaces the old files;
+# --no-deps: every dependency came from the lock above
+"$venv/bin/pip" install --quiet --disable-pip-version-check --force-reinstall --no-deps \
     "$wheel" || die "pip could not install $wheel into $venv"
 "$venv/bin/python" -c 'import sys; from btsguru import app
 sys.exit(0 if (app.TEMPLATES / "base.html").is_file() and (app.STATIC / "htmx").is_dir() else 1)' \

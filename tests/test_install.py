@@ -121,8 +121,9 @@ def test_install_migrates_then_restarts_one_at_a_time(tmp_path, wheel):
                  if not line.startswith("install.sh: units")]
         assert order[0] == "install.sh: creating the system user btsguru"
         assert order[1].startswith("useradd --system --home-dir /var/lib/btsguru")
-        assert order[2] == f"install.sh: creating the virtualenv {venv}" or \
-            order[2].startswith("install.sh: installing btsguru-")
+        # the virtualenv exists already (above): the locked dependencies, then the wheel
+        assert order[2] == f"install.sh: installing the dependencies from runtime.txt into {venv}"
+        assert order[3].startswith("install.sh: installing btsguru-0")
         assert order[order.index("systemctl daemon-reload") - 1].startswith(
             "install.sh: installing btsguru-0")
         assert order[order.index("systemctl daemon-reload"):] == [
