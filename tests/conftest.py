@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 import redis
@@ -57,6 +58,7 @@ MARIADB_TEST_HOST = "127.0.0.1"
 MARIADB_TEST_PORT = 3306
 POSTGRES_TEST_HOST = "127.0.0.1"
 POSTGRES_TEST_PORT = 5432
+T = TypeVar("T")
 
 
 def scratch_database_name() -> str:
@@ -68,14 +70,30 @@ def sqlite_url(tmp_path: Path) -> str:
     return f"sqlite:///{tmp_path / 'btsguru-test.sqlite3'}"
 
 
+def _admin_connection(engine: str, where: str, marker: str, connect: Callable[[], T],
+                     errors: type[Exception]) -> T:
+    """`connect()`, or fail the test (not skip it): a database the suite promises to test
+    must answer."""
+    try:
+        return connect()
+    except errors as exc:
+        detail = " ".join(str(exc).split())
+    pytest.fail(f"{engine} at {where} is unreachable ({detail}); start it (.ci/run does) "
+                f"or leave its tests out with -m 'not {marker}'", pytrace=False)
+
+
 @pytest.fixture
 def mariadb_url() -> Iterator[str]:
-    """A new, empty MariaDB database (root, no password), dropped afterwards."""
+    """A new, empty MariaDB database (root, no password), dropped afterwards; the test
+    fails when no MariaDB server answers."""
     import pymysql
 
+    admin = _admin_connection(
+        "MariaDB", f"{MARIADB_TEST_HOST}:{MARIADB_TEST_PORT} (user root)", "mariadb",
+        lambda: pymysql.connect(host=MARIADB_TEST_HOST, port=MARIADB_TEST_PORT, user="root",
+                                password="", connect_timeout=5, autocommit=True),
+        pymysql.MySQLError)
     name = scratch_database_name()
-    admin = pymysql.connect(host=MARIADB_TEST_HOST, port=MARIADB_TEST_PORT, user="root",
-                            password="", connect_timeout=5, autocommit=True)
     try:
         with admin.cursor() as cursor:
             cursor.execute(f"CREATE DATABASE `{name}` CHARACTER SET utf8mb4 "
@@ -90,17 +108,20 @@ def mariadb_url() -> Iterator[str]:
 @pytest.fixture
 def postgres_url() -> Iterator[str]:
     """A new, empty PostgreSQL database (user postgres, trust auth), dropped afterwards;
-    the test is skipped when no PostgreSQL server answers."""
-    psycopg2 = pytest.importorskip("psycopg2")
-    try:
-        admin = psycopg2.connect(host=POSTGRES_TEST_HOST, port=POSTGRES_TEST_PORT,
-                                 user="postgres", dbname="postgres", connect_timeout=3)
-    except psycopg2.OperationalError as exc:
-        pytest.skip(f"PostgreSQL unreachable: {' '.join(str(exc).split())}")
+    the test fails when no PostgreSQL server answers."""
+    import psycopg2
+
+    admin = _admin_connection(
+        "PostgreSQL", f"{POSTGRES_TEST_HOST}:{POSTGRES_TEST_PORT} (user postgres)", "postgres",
+        lambda: psycopg2.connect(host=POSTGRES_TEST_HOST, port=POSTGRES_TEST_PORT,
+                                 user="postgres", dbname="postgres", connect_timeout=5),
+        psycopg2.Error)
     admin.autocommit = True
     name = scratch_database_name()
     try:
         with admin.cursor() as cursor:
+            # from template0, which nobody connects to: concurrent creations (xdist) do
+            # not trip over each other the way copies of a busy template1 can
             cursor.execute(f'CREATE DATABASE "{name}" ENCODING \'UTF8\' TEMPLATE template0')
         yield f"postgresql://postgres@{POSTGRES_TEST_HOST}:{POSTGRES_TEST_PORT}/{name}"
     finally:
@@ -109,11 +130,15 @@ def postgres_url() -> Iterator[str]:
         admin.close()
 
 
-@pytest.fixture(params=["sqlite", pytest.param("mariadb", marks=pytest.mark.mariadb),
-                        "postgres"])
+DB_ENGINES = ("sqlite", pytest.param("mariadb", marks=pytest.mark.mariadb),
+              pytest.param("postgres", marks=pytest.mark.postgres))
+SERVER_ENGINES = DB_ENGINES[1:]  # the ones with a network between them and btsguru
+
+
+@pytest.fixture(params=DB_ENGINES)
 def db_url(request: pytest.FixtureRequest) -> str:
-    """The URL of a fresh, empty database, once per backend (PostgreSQL skips when
-    absent; `-m "not mariadb"` leaves MariaDB out)."""
+    """The URL of a fresh, empty database, once per backend (`-m "not mariadb"` or
+    `-m "not postgres"` leaves one out)."""
     url: str = request.getfixturevalue(f"{request.param}_url")
     return url
 

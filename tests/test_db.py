@@ -3,18 +3,24 @@
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import threading
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import date, datetime
+from urllib.parse import urlsplit
 
 import peewee
 import pytest
 
 from btsguru.db import close_database, connect_database, models
+from btsguru.db import migrate as migrate_module
 from btsguru.db.migrate import STEPS, migrate, schema_version
-from btsguru.db.models import GameRecord, League, Tier, UsageDaily, utc_now
+from btsguru.db.models import ApiKey, GameRecord, League, Tier, UsageDaily, User, utc_now
 from btsguru.db.runner import DatabaseRunner
 from btsguru.errors import ConfigError, Unavailable
+from tests.conftest import SERVER_ENGINES
 
 EXPECTED_TABLES = {"schema_version", "tiers", "users", "api_keys", "usage_daily",
                    "usage_hourly", "leagues", "teams", "games"}
@@ -91,10 +97,46 @@ def test_mysql_refused_password_is_not_shown():
     assert "****" in str(caught.value)
 
 
+@pytest.mark.postgres
+def test_postgres_unreachable_server_is_unavailable():
+    started = time.monotonic()
+    with pytest.raises(Unavailable, match="unreachable") as caught:
+        connect_database("postgresql://postgres:sup3rsecret@127.0.0.1:1/btsguru")
+    assert "sup3rsecret" not in str(caught.value)
+    assert "\n" not in str(caught.value)
+    assert time.monotonic() - started < 30
+
+
+@pytest.mark.postgres
 def test_postgres_unknown_database_is_a_config_error(postgres_url):
     missing = postgres_url.rsplit("/", 1)[0] + "/btsguru_no_such_database_here"
     with pytest.raises(ConfigError, match="does not exist"):
         connect_database(missing)
+
+
+@pytest.mark.postgres
+def test_postgres_unknown_user_is_a_config_error(postgres_url):
+    # MySQL denies access to an unknown user; PostgreSQL's trust rule says it does not
+    # exist: both are a configuration to fix, not a server to wait for.
+    parts = urlsplit(postgres_url)
+    wrong = f"postgresql://btsguru_nobody:hunter2pass@{parts.netloc.split('@')[1]}{parts.path}"
+    with pytest.raises(ConfigError, match="refused the credentials") as caught:
+        connect_database(wrong)
+    assert "hunter2pass" not in str(caught.value)
+
+
+@pytest.mark.parametrize("engine, query, expected", [
+    pytest.param("mariadb", "SELECT @@session.time_zone", "+00:00", marks=pytest.mark.mariadb),
+    pytest.param("postgres", "SHOW timezone", "UTC", marks=pytest.mark.postgres),
+])
+def test_server_sessions_run_in_utc(engine, query, expected, request):
+    # DATETIME/TIMESTAMP hold naive UTC: whatever the server's own zone, NOW() agrees
+    database = connect_database(request.getfixturevalue(f"{engine}_url"))
+    try:
+        with database.connection_context():
+            assert database.execute_sql(query).fetchone()[0] == expected
+    finally:
+        close_database(database)
 
 
 # -- migrating --
@@ -160,10 +202,8 @@ def test_a_deleted_default_tier_is_seeded_again(sqlite_url):
         close_database(database)
 
 
-@pytest.mark.parametrize("backend", ["sqlite", pytest.param("mariadb", marks=pytest.mark.mariadb)])
-def test_concurrent_migrations_apply_once(backend, request):
-    url = request.getfixturevalue(f"{backend}_url")
-    database = connect_database(url)
+def test_concurrent_migrations_apply_once(db_url):
+    database = connect_database(db_url)
     barrier = threading.Barrier(3, timeout=10)
     results: list[list[str]] = []
     errors: list[BaseException] = []
@@ -184,6 +224,105 @@ def test_concurrent_migrations_apply_once(backend, request):
         assert errors == []
         assert sorted(results, key=len) == [[], [], FIRST_RUN]
         assert set(tier_rows(database)) == {"free", "pro", "enterprise"}
+    finally:
+        close_database(database)
+
+
+@contextmanager
+def migration_lock_held(url: str) -> Iterator[None]:
+    """Another process holding the migration lock, on its own connection."""
+    parts = urlsplit(url)
+    if parts.scheme == "sqlite":
+        other = sqlite3.connect(parts.path[1:], isolation_level=None)
+        other.execute("BEGIN IMMEDIATE")  # SQLite's lock is its write lock
+        try:
+            yield
+        finally:
+            other.execute("ROLLBACK")
+            other.close()
+    elif parts.scheme == "mysql":
+        import pymysql
+
+        other = pymysql.connect(host=parts.hostname, port=parts.port, user="root",
+                                password="", database=parts.path[1:], autocommit=True)
+        with other.cursor() as cursor:
+            cursor.execute("SELECT GET_LOCK(%s, 0)", (migrate_module.LOCK_NAME,))
+            assert cursor.fetchone()[0] == 1
+        try:
+            yield
+        finally:
+            other.close()
+    else:
+        import psycopg2
+
+        other = psycopg2.connect(host=parts.hostname, port=parts.port, user="postgres",
+                                 dbname=parts.path[1:])
+        other.autocommit = True
+        with other.cursor() as cursor:
+            cursor.execute("SELECT pg_advisory_lock(%s)", (migrate_module.PG_LOCK_KEY,))
+        try:
+            yield
+        finally:
+            other.close()
+
+
+def test_a_migration_lock_held_elsewhere_is_unavailable_after_the_wait(db_url, monkeypatch):
+    monkeypatch.setattr(migrate_module, "LOCK_WAIT_S", 1)
+    database = connect_database(db_url)
+    try:
+        with migration_lock_held(db_url):
+            started = time.monotonic()
+            with pytest.raises(Unavailable, match="another migration has held the lock for 1 s"):
+                migrate(database)
+            assert 0.9 <= time.monotonic() - started < 8
+        assert migrate(database) == FIRST_RUN  # nothing was half done
+    finally:
+        close_database(database)
+
+
+# What step 1 made of the columns step 2 changes, per backend: MySQL compared them in
+# the database's collation and kept the refill as a FLOAT, PostgreSQL as a REAL.
+FIRST_RELEASE_COLUMNS = {
+    "mysql": [
+        "ALTER TABLE tiers CHANGE name name VARCHAR(32) NOT NULL COLLATE utf8mb4_unicode_ci, "
+        "CHANGE rest_refill_per_s rest_refill_per_s FLOAT NOT NULL",
+        "ALTER TABLE users CHANGE email email VARCHAR(191) NOT NULL "
+        "COLLATE utf8mb4_unicode_ci",
+        "ALTER TABLE api_keys CHANGE prefix prefix VARCHAR(16) NOT NULL "
+        "COLLATE utf8mb4_unicode_ci",
+    ],
+    "postgresql": ["ALTER TABLE tiers ALTER COLUMN rest_refill_per_s TYPE REAL"],
+    "sqlite": [],
+}
+
+
+def test_a_first_release_database_is_upgraded(db_url):
+    database = connect_database(db_url)
+    try:
+        migrate(database, free_rate=100, free_period_s=60)
+        with database.connection_context():
+            for statement in FIRST_RELEASE_COLUMNS[urlsplit(db_url).scheme]:
+                database.execute_sql(statement)
+            models.SchemaVersion.delete().where(models.SchemaVersion.version > 1).execute()
+            Tier.create(name="custom", rest_rate=10, rest_period_s=60, rest_burst=1,
+                        rest_refill_per_s=0.3, max_streams=1, max_subscriptions=1,
+                        client_messages_per_s=1)
+        assert schema_version(database) == 1
+        assert migrate(database, free_rate=100, free_period_s=60) == [
+            step.label for step in STEPS[1:]]
+        assert schema_version(database) == STEPS[-1].version
+        with database.connection_context():
+            refills = {t.name: t.rest_refill_per_s for t in Tier.select()}
+            assert refills == {"free": 100 / 60, "pro": 10.0, "enterprise": 100.0,
+                               "custom": 0.3}
+            free = Tier.get(Tier.name == "free")
+            assert Tier.get_or_none(Tier.name == "FREE") is None
+            jose = User.create(email="jose@example.com", password_hash="x", tier=free)
+            User.create(email="josé@example.com", password_hash="x", tier=free)  # another
+            assert User.select().where(User.email == "JOSE@example.com").count() == 0
+            for n, prefix in enumerate(("btg_abcdefgh", "btg_ABCDEFGH")):
+                ApiKey.create(user=jose, name="k", prefix=prefix, key_hash=str(n) * 64)
+            assert ApiKey.select().where(ApiKey.prefix == "btg_abcdefgh").count() == 1
     finally:
         close_database(database)
 
@@ -321,25 +460,51 @@ async def test_ping_after_close_is_unavailable(sqlite_url):
         await runner.ping()
 
 
-@pytest.mark.mariadb
-async def test_a_connection_killed_by_the_server_is_replaced(mariadb_url):
+def kill_mariadb_connection(connection_id: int) -> None:
     import pymysql
 
-    runner = DatabaseRunner(connect_database(mariadb_url))
+    admin = pymysql.connect(host="127.0.0.1", user="root", password="", autocommit=True)
+    try:
+        with admin.cursor() as cursor:
+            cursor.execute(f"KILL {int(connection_id)}")
+    finally:
+        admin.close()
+
+
+def kill_postgres_connection(backend_pid: int) -> None:
+    import psycopg2
+
+    admin = psycopg2.connect(host="127.0.0.1", user="postgres", dbname="postgres")
+    admin.autocommit = True
+    try:
+        with admin.cursor() as cursor:
+            cursor.execute("SELECT pg_terminate_backend(%s)", (backend_pid,))
+            assert cursor.fetchone()[0] is True
+    finally:
+        admin.close()
+
+
+KILLERS: dict[str, tuple[str, Callable[[int], None]]] = {
+    "mariadb": ("SELECT CONNECTION_ID()", kill_mariadb_connection),
+    "postgres": ("SELECT pg_backend_pid()", kill_postgres_connection),
+}
+
+
+@pytest.mark.parametrize("engine", SERVER_ENGINES)
+async def test_a_connection_killed_by_the_server_is_replaced(engine, request):
+    runner = DatabaseRunner(connect_database(request.getfixturevalue(f"{engine}_url")))
+    query, kill = KILLERS[engine]
 
     def connection_id() -> int:
-        return runner.database.execute_sql("SELECT CONNECTION_ID()").fetchone()[0]
+        return runner.database.execute_sql(query).fetchone()[0]
 
     try:
         first = await runner.write(connection_id)
-        admin = pymysql.connect(host="127.0.0.1", user="root", password="", autocommit=True)
-        try:
-            with admin.cursor() as cursor:
-                cursor.execute(f"KILL {int(first)}")
-        finally:
-            admin.close()
-        second = await runner.write(connection_id)
+        kill(first)
+        second = await runner.write(connection_id)  # a transaction, on a new connection
         assert second != first
+        kill(second)
+        assert await runner.read(connection_id) not in (first, second)  # and a read
         await runner.ping()
     finally:
         runner.close()

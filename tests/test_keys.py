@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import re
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
@@ -214,11 +214,13 @@ async def test_touch_last_used(services):
     await make_user(users)
     a, _ = await keys.create_key(EMAIL, name="a")
     await keys.create_key(EMAIL, name="b")
-    when = datetime(2024, 8, 16, 20, 31, 7, tzinfo=UTC)
+    # in another zone and with microseconds, which MariaDB's DATETIME would truncate,
+    # MySQL's round and PostgreSQL and SQLite keep: stored as whole UTC seconds on each
+    when = datetime(2024, 8, 16, 22, 31, 7, 999_999, tzinfo=timezone(timedelta(hours=2)))
     await keys.touch_last_used([a.id, a.id], at=when)
     await keys.touch_last_used([])
     by_name = {k.name: k for k in await keys.list_keys(EMAIL)}
-    assert by_name["a"].last_used_at == when
+    assert by_name["a"].last_used_at == datetime(2024, 8, 16, 20, 31, 7, tzinfo=UTC)
     assert by_name["b"].last_used_at is None
 
 
@@ -250,6 +252,26 @@ async def test_revoke_rejects_bad_lengths(services):
     with pytest.raises(BadRequest, match="got 44"):
         await keys.revoke(secret)
     assert await keys.authenticate(secret) is not None
+
+
+async def test_revoke_rejects_what_no_key_starts_with(services):
+    users, keys = services
+    await make_user(users)
+    _, secret = await keys.create_key(EMAIL)
+    # a NUL (which PostgreSQL refuses in text) or LIKE's wildcards are no key's start
+    for prefix in (secret[:8] + "\x00", "btg_%%%%", secret[:6] + " x", "btg_é12"):
+        with pytest.raises(BadRequest, match="letters, digits and _ only"):
+            await keys.revoke(prefix)
+    assert await keys.authenticate(secret) is not None
+
+
+async def test_a_nul_in_an_address_finds_no_user(services):
+    users, keys = services
+    await make_user(users)
+    with pytest.raises(NotFound):
+        await keys.create_key(EMAIL + "\x00")
+    with pytest.raises(NotFound):
+        await keys.list_keys("\x00" + EMAIL)
 
 
 async def test_revoke_unknown_ambiguous_and_twice(services, monkeypatch):

@@ -41,15 +41,34 @@ async def test_update(tiers):
     assert await tiers.get("free") != after
 
 
+async def test_limits_read_back_exactly_as_written(tiers):
+    # a single-precision column (MySQL's FLOAT, PostgreSQL's REAL) would give back
+    # 1.66667 or 1.6666666, and a datetime its microseconds or not
+    computed = await tiers.update("pro", rest_rate=100, rest_period_s=60)
+    assert computed.rest_refill_per_s == 100 / 60
+    assert await tiers.get("pro") == computed
+    for refill in (0.1, 1e-300, 2_147_483_647):
+        written = await tiers.update("pro", rest_refill_per_s=refill)
+        assert (await tiers.get("pro")).rest_refill_per_s == written.rest_refill_per_s == refill
+    largest = await tiers.update("pro", rest_rate=2_147_483_647, daily_quota=2_147_483_647)
+    assert await tiers.get("pro") == largest
+
+
 @pytest.mark.parametrize("limits, message", [
     ({}, "nothing to change"),
     ({"colour": "red"}, "unknown tier limit 'colour'"),
-    ({"rest_rate": 0}, "rest_rate: expected an integer >= 1"),
-    ({"max_streams": -1}, "max_streams: expected an integer >= 0"),
+    ({"rest_rate": 0}, "rest_rate: expected an integer from 1 to 2147483647"),
+    ({"max_streams": -1}, "max_streams: expected an integer from 0"),
     ({"max_streams": True}, "max_streams: expected an integer"),
     ({"daily_quota": "lots"}, "daily_quota"),
     ({"rest_refill_per_s": 0}, "rest_refill_per_s: expected a number > 0"),
     ({"raw_proxy": 1}, "raw_proxy: expected true or false"),
+    # what a 32-bit INTEGER (MySQL, PostgreSQL) cannot hold, SQLite's 64-bit one could
+    ({"rest_rate": 2**31}, "rest_rate: expected an integer from 1 to 2147483647, got 2147483648"),
+    ({"daily_quota": 2**31}, "daily_quota: expected an integer from 0 to 2147483647"),
+    # MySQL's DOUBLE holds no infinity (PostgreSQL's and SQLite's do), NaN compares false
+    ({"rest_refill_per_s": float("inf")}, "rest_refill_per_s: expected a number > 0 and at most"),
+    ({"rest_refill_per_s": float("nan")}, "rest_refill_per_s: expected a number > 0"),
 ])
 async def test_update_rejects_bad_limits(tiers, limits, message):
     with pytest.raises(BadRequest, match=message):
@@ -60,3 +79,14 @@ async def test_update_rejects_bad_limits(tiers, limits, message):
 async def test_update_unknown_tier(tiers):
     with pytest.raises(NotFound):
         await tiers.update("gold", max_streams=3)
+
+
+async def test_tier_names_are_exact(tiers):
+    # MySQL's default collation ignores case and NUL, its binary one trailing spaces;
+    # PostgreSQL refuses NUL in text
+    for name in ("FREE", "Free", "free\x00", "fr\x00ee", "free ", "free  "):
+        with pytest.raises(NotFound, match="unknown tier"):
+            await tiers.get(name)
+        with pytest.raises(NotFound):
+            await tiers.update(name, max_streams=3)
+    assert (await tiers.get("free")).max_streams == 2

@@ -1,8 +1,13 @@
-"""Usage counting: in-process buffer -> Redis totals -> database rows, exactly once."""
+"""Usage counting: in-process buffer -> Redis totals -> database rows, exactly once.
+
+What reaches the database (the roll-up, and the reads that merge its rows) runs on every
+backend (`migrated_db`/`db_url`); what is about Redis alone runs on SQLite.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from datetime import UTC, datetime
 
@@ -16,10 +21,12 @@ from btsguru.db.runner import DatabaseRunner
 from btsguru.errors import Unavailable
 from btsguru.store.redis import open_redis
 from tests.access_fixtures import add_key, make_account, migrated_sqlite
+from tests.conftest import SERVER_ENGINES
 
 
 @pytest.fixture
 def runner(tmp_path):
+    """SQLite only: for the tests about Redis."""
     yield from migrated_sqlite(tmp_path)
 
 
@@ -35,12 +42,12 @@ def today_iso() -> str:
     return datetime.now(UTC).date().isoformat()
 
 
-async def test_counts_reach_redis_in_one_flush_and_read_back_exactly(test_config, runner):
-    a = await make_account(runner, "a@example.com")
-    a2 = await add_key(runner, "a@example.com")
-    b = await make_account(runner, "b@example.com")
+async def test_counts_reach_redis_in_one_flush_and_read_back_exactly(test_config, migrated_db):
+    a = await make_account(migrated_db, "a@example.com")
+    a2 = await add_key(migrated_db, "a@example.com")
+    b = await make_account(migrated_db, "b@example.com")
     stores = open_redis(test_config)
-    usage = UsageService(stores.data, stores.keys, runner, SystemClock())
+    usage = UsageService(stores.data, stores.keys, migrated_db, SystemClock())
     try:
         for _ in range(7):
             usage.record(a.user_id, a.key_id, "live")
@@ -116,10 +123,66 @@ async def test_rollup_writes_exact_totals_and_racing_rollups_never_double_count(
         await stores_b.close()
 
 
-async def test_a_stale_snapshot_applied_late_never_lowers_the_total(test_config, runner):
-    a = await make_account(runner, "a@example.com")
+class MeetingRunner(DatabaseRunner):
+    """A runner whose writes wait, inside their transaction, until `parties` writes of
+    runners sharing `barrier` are inside theirs: two processes' roll-ups that overlap."""
+
+    def __init__(self, database, barrier: threading.Barrier) -> None:
+        super().__init__(database)
+        self.barrier = barrier
+
+    def _run_write(self, fn, args):
+        def met(*fn_args):
+            self.database.execute_sql("SELECT 1")  # the transaction has begun on the server
+            self.barrier.wait()
+            return fn(*fn_args)
+        return super()._run_write(met, args)
+
+
+@pytest.mark.parametrize("engine", SERVER_ENGINES)
+async def test_overlapping_rollups_of_two_processes_insert_each_row_once(
+        test_config, engine, request):
+    # Both transactions find no row and insert the same ones: one must wait for the
+    # other and raise the rows to its totals instead. Each round has rows of its own (a
+    # new key), since only new rows make the two insert at once.
+    from btsguru.db import connect_database
+    from btsguru.db.migrate import migrate
+
+    database = connect_database(request.getfixturevalue(f"{engine}_url"))
+    migrate(database)
+    barrier = threading.Barrier(2, timeout=20)
+    runner_a, runner_b = MeetingRunner(database, barrier), MeetingRunner(database, barrier)
+    setup = DatabaseRunner(database)  # writes that meet nobody
     stores = open_redis(test_config)
-    usage = UsageService(stores.data, stores.keys, runner, SystemClock())
+    try:
+        account = await make_account(setup, "a@example.com")
+        usage_a = UsageService(stores.data, stores.keys, runner_a, SystemClock())
+        usage_b = UsageService(stores.data, stores.keys, runner_b, SystemClock())
+        key_ids = []
+        for round_ in range(ROUNDS := 6):
+            key = await add_key(setup, "a@example.com")
+            key_ids.append(key.key_id)
+            for kind in ("live", "games", "raw", "stream"):
+                for _ in range(round_ + 1):
+                    usage_a.record(account.user_id, key.key_id, kind, cache_hit=kind == "raw")
+            await usage_a.flush()
+            await asyncio.gather(usage_a.rollup(), usage_b.rollup())
+        daily = await runner_a.read(db_totals(UsageDaily))
+        assert [(k, kind, r, c) for k, _d, kind, r, c in daily] == sorted(
+            (key_ids[n], kind, n + 1, n + 1 if kind == "raw" else 0)
+            for n in range(ROUNDS) for kind in ("live", "games", "raw", "stream"))
+        hourly = await runner_a.read(db_totals(UsageHourly))
+        assert sum(r for *_rest, r, _c in hourly) == 4 * sum(range(1, ROUNDS + 1))
+    finally:
+        await stores.close()
+        for runner in (setup, runner_a, runner_b):
+            runner.close()
+
+
+async def test_a_stale_snapshot_applied_late_never_lowers_the_total(test_config, migrated_db):
+    a = await make_account(migrated_db, "a@example.com")
+    stores = open_redis(test_config)
+    usage = UsageService(stores.data, stores.keys, migrated_db, SystemClock())
     try:
         for _ in range(3):
             usage.record(a.user_id, a.key_id, "games")
@@ -131,18 +194,18 @@ async def test_a_stale_snapshot_applied_late_never_lowers_the_total(test_config,
         await usage.flush()
         await usage.rollup()  # ... another applied the newer totals ...
         from btsguru.auth.usage import _apply
-        await runner.write(_apply, stale.daily, stale.hourly)  # ... then the slow one wrote
-        daily = await runner.read(db_totals(UsageDaily))
+        await migrated_db.write(_apply, stale.daily, stale.hourly)  # ... then the slow one wrote
+        daily = await migrated_db.read(db_totals(UsageDaily))
         assert [r for *_rest, r, _c in daily] == [8]
     finally:
         await stores.close()
 
 
-async def test_counters_survive_a_database_outage(test_config, tmp_path):
+async def test_counters_survive_a_database_outage(test_config, db_url):
     from btsguru.db import connect_database
     from btsguru.db.migrate import migrate
 
-    database = connect_database(f"sqlite:///{tmp_path / 'outage.sqlite3'}")
+    database = connect_database(db_url)
     migrate(database)
     first = DatabaseRunner(database)
     a = await make_account(first, "a@example.com")
@@ -169,12 +232,12 @@ async def test_counters_survive_a_database_outage(test_config, tmp_path):
 
 
 async def test_closed_periods_leave_the_pending_set_and_late_counts_still_add(
-        test_config, runner):
-    a = await make_account(runner, "a@example.com")
+        test_config, migrated_db):
+    a = await make_account(migrated_db, "a@example.com")
     stores = open_redis(test_config)
     yesterday = time.time() - 86_400
     clock = FakeClock(start=yesterday)
-    usage = UsageService(stores.data, stores.keys, runner, clock)
+    usage = UsageService(stores.data, stores.keys, migrated_db, clock)
     try:
         for _ in range(4):
             usage.record(a.user_id, a.key_id, "live")
@@ -185,11 +248,11 @@ async def test_closed_periods_leave_the_pending_set_and_late_counts_still_add(
         await usage.rollup()  # over and applied unchanged: forgotten
         assert await stores.data.scard(usage.pending_key) == 0
 
-        late = UsageService(stores.data, stores.keys, runner, FakeClock(start=yesterday))
+        late = UsageService(stores.data, stores.keys, migrated_db, FakeClock(start=yesterday))
         late.record(a.user_id, a.key_id, "live")  # a straggler from a stalled process
         await late.flush()
         await usage.rollup()
-        daily = await runner.read(db_totals(UsageDaily))
+        daily = await migrated_db.read(db_totals(UsageDaily))
         day = datetime.fromtimestamp(yesterday, UTC).date().isoformat()
         assert [(d, r) for _k, d, _kind, r, _c in daily] == [(day, 5)]
         assert await stores.data.scard(usage.pending_key) == 0
@@ -197,18 +260,18 @@ async def test_closed_periods_leave_the_pending_set_and_late_counts_still_add(
         await stores.close()
 
 
-async def test_usage_of_a_deleted_key_does_not_block_the_rollup(test_config, runner):
-    a = await make_account(runner, "a@example.com")
-    b = await make_account(runner, "b@example.com")
+async def test_usage_of_a_deleted_key_does_not_block_the_rollup(test_config, migrated_db):
+    a = await make_account(migrated_db, "a@example.com")
+    b = await make_account(migrated_db, "b@example.com")
     stores = open_redis(test_config)
-    usage = UsageService(stores.data, stores.keys, runner, SystemClock())
+    usage = UsageService(stores.data, stores.keys, migrated_db, SystemClock())
     try:
         usage.record(a.user_id, a.key_id, "live")
         usage.record(b.user_id, b.key_id, "live")
         usage.record(b.user_id, 999_999, "live")  # a key deleted since
         await usage.flush()
         assert await usage.rollup() == 4
-        daily = await runner.read(db_totals(UsageDaily))
+        daily = await migrated_db.read(db_totals(UsageDaily))
         assert sorted(k for k, *_rest in daily) == sorted([a.key_id, b.key_id])
     finally:
         await stores.close()

@@ -44,6 +44,9 @@ def test_normalize_email():
             normalize_email(bad)
     with pytest.raises(BadRequest, match="longer than 191"):
         normalize_email("a" * 180 + "@example.com")
+    for control in ("ann\x00@example.com", "ann\x07@example.com", "ann@exam\x00ple.com"):
+        with pytest.raises(BadRequest, match="not an e-mail address"):
+            normalize_email(control)
 
 
 # -- the service --
@@ -68,6 +71,33 @@ async def test_duplicate_email_is_a_conflict(users):
     with pytest.raises(Conflict, match=r"^user ann@example\.com already exists$"):
         await users.create_user("ANN@example.com ", "another password")
     assert len(await users.list_users()) == 1
+
+
+async def test_addresses_are_compared_exactly(users):
+    # MySQL's default collation ignores accents and case: josé@ would be jose@ there
+    jose, _ = await users.create_user("jose@example.com", PASSWORD)
+    jose_accented, _ = await users.create_user("josé@example.com", PASSWORD)
+    assert jose.id != jose_accented.id
+    assert await users.get_by_email("JOSÉ@example.com") == jose_accented
+    assert await users.get_by_email("jose@example.com") == jose
+    assert await users.verify_login("josé@example.com", PASSWORD) == jose_accented
+    strasse, _ = await users.create_user("strasse@example.com", PASSWORD)
+    assert (await users.create_user("straße@example.com", PASSWORD))[0].id != strasse.id
+    assert len(await users.list_users()) == 4
+
+
+async def test_a_nul_in_an_address_finds_nobody(users):
+    # PostgreSQL refuses NUL in text outright; the others would look it up
+    await users.create_user("ann@example.com", PASSWORD)
+    assert await users.get_by_email("ann\x00@example.com") is None
+    assert await users.verify_login("ann@example.com\x00", PASSWORD) is None
+    with pytest.raises(NotFound):
+        await users.set_tier("ann@example.com\x00", "pro")
+    with pytest.raises(BadRequest, match="unknown tier"):
+        await users.set_tier("ann@example.com", "pro\x00")
+    with pytest.raises(BadRequest, match="not an e-mail address"):
+        await users.create_user("ann\x00@example.com", PASSWORD)
+    assert (await users.get_by_email("ann@example.com")).tier == "free"
 
 
 async def test_create_user_validates(users):
@@ -132,6 +162,9 @@ async def test_set_tier_admin_and_password(users):
     assert (await users.get_by_email("ann@example.com")).tier == "enterprise"
     with pytest.raises(BadRequest, match="unknown tier"):
         await users.set_tier("ann@example.com", "platinum")
+    for inexact in ("PRO", "pro "):  # tier names are exact too
+        with pytest.raises(BadRequest, match=f"unknown tier '{inexact}'"):
+            await users.set_tier("ann@example.com", inexact)
     with pytest.raises(NotFound, match=r"no user bob@example\.com"):
         await users.set_tier("bob@example.com", "pro")
     assert (await users.set_admin("ann@example.com", True)).is_admin is True
@@ -141,3 +174,17 @@ async def test_set_tier_admin_and_password(users):
                       UserInfo)
     with pytest.raises(BadRequest, match="too short"):
         await users.set_password("ann@example.com", "1234567")
+
+
+async def test_the_operators_directory_finds_users_alike_on_every_engine(users, migrated_db):
+    from btsguru.console.directory import UserDirectory
+
+    directory = UserDirectory(migrated_db)
+    for email in ("ann@example.com", "bob@example.com", "ann.b@other.org"):
+        await users.create_user(email, "a-long-password")
+    page = await directory.search("ANN")
+    assert [row.user.email for row in page.rows] == ["ann@example.com", "ann.b@other.org"]
+    assert page.total == 2
+    # a NUL in the search box is no match (PostgreSQL refuses NUL in text: not a 500)
+    page = await directory.search("ann\x00")
+    assert (page.rows, page.total) == ([], 0)

@@ -27,6 +27,7 @@ from btsguru.db.models import (
     Tier,
     User,
     from_db_time,
+    is_storable_text,
     to_db_time,
     utc_now,
 )
@@ -46,6 +47,7 @@ MAX_EXPIRES_DAYS = 36_500  # a century: longer is "never", which is expires_days
 
 _ALPHABET = string.digits + string.ascii_letters  # base62
 _KEY_RE = re.compile(rf"{KEY_PREFIX}[0-9A-Za-z]{{{KEY_RANDOM_CHARS}}}")
+_PREFIX_RE = re.compile(r"[0-9A-Za-z_]+")  # what the start of a key can hold
 
 
 def generate_key() -> str:
@@ -152,6 +154,8 @@ class KeyService:
         if not REVOKE_PREFIX_MIN <= len(prefix) <= REVOKE_PREFIX_MAX:
             raise BadRequest(f"a key prefix is the key's first {REVOKE_PREFIX_MIN} to "
                              f"{REVOKE_PREFIX_MAX} characters, got {len(prefix)}")
+        if not _PREFIX_RE.fullmatch(prefix):
+            raise BadRequest("a key prefix is the start of a key: letters, digits and _ only")
         return await self._runner.write(_revoke, prefix[:STORED_PREFIX_LENGTH], user_id)
 
     async def authenticate(self, key: str) -> AuthenticatedKey | None:
@@ -194,7 +198,7 @@ def _from_db(value: datetime | None) -> datetime | None:
 
 
 def _user_id(email: str) -> int:
-    user = User.get_or_none(User.email == email)
+    user = User.get_or_none(User.email == email) if is_storable_text(email) else None
     if user is None:
         raise NotFound(f"no user {email}")
     return user.id
@@ -221,8 +225,8 @@ def _list_by_user(user_id: int) -> list[ApiKeyInfo]:
 
 
 def _revoke(prefix: str, user_id: int | None) -> ApiKeyInfo:
-    # LIKE may be case-insensitive (MySQL's default collation, SQLite), while base62 is
-    # not: the query finds candidates and the comparison below decides.
+    # peewee's startswith ignores case (ILIKE on PostgreSQL, SQLite's LIKE), while
+    # base62 does not: the query finds candidates and the comparison below decides.
     query = ApiKey.select().where(ApiKey.prefix.startswith(prefix))
     if user_id is not None:
         query = query.where(ApiKey.user == user_id)

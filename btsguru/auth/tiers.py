@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from btsguru.db.models import Tier, from_db_time, utc_now
+from btsguru.db.models import DB_INT_MAX, Tier, from_db_time, is_storable_text, utc_now
 from btsguru.db.runner import DatabaseRunner
 from btsguru.errors import BadRequest, NotFound
 
@@ -37,7 +37,9 @@ class TierLimits:
     updated_at: datetime  # aware UTC
 
 
-# The limits `update` accepts, with their minimum; bool fields take only bools.
+# The limits `update` accepts, with their minimum (the maximum of each, and of
+# daily_quota, is DB_INT_MAX: what an INTEGER column holds on every backend); bool
+# fields take only bools.
 _INT_MINIMUMS: dict[str, int] = {
     "rest_rate": 1, "rest_period_s": 1, "rest_burst": 1, "max_streams": 0,
     "max_subscriptions": 0, "client_messages_per_s": 0,
@@ -86,17 +88,19 @@ def _validate(limits: dict[str, Any]) -> dict[str, Any]:
     changes: dict[str, Any] = {}
     for key, value in limits.items():
         if key in _INT_MINIMUMS:
-            if isinstance(value, bool) or not isinstance(value, int) or value < _INT_MINIMUMS[key]:
-                raise BadRequest(f"{key}: expected an integer >= {_INT_MINIMUMS[key]}, "
-                                 f"got {value!r}")
+            if not _is_int_in(value, _INT_MINIMUMS[key]):
+                raise BadRequest(f"{key}: expected an integer from {_INT_MINIMUMS[key]} to "
+                                 f"{DB_INT_MAX}, got {value!r}")
         elif key == "daily_quota":
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int)
-                                      or value < 0):
-                raise BadRequest(f"daily_quota: expected an integer >= 0 or None (unlimited), "
-                                 f"got {value!r}")
+            if value is not None and not _is_int_in(value, 0):
+                raise BadRequest(f"daily_quota: expected an integer from 0 to {DB_INT_MAX} "
+                                 f"or None (unlimited), got {value!r}")
         elif key == "rest_refill_per_s":
-            if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
-                raise BadRequest(f"rest_refill_per_s: expected a number > 0, got {value!r}")
+            # bounded, which also keeps out infinity: MySQL's DOUBLE cannot hold it
+            if (isinstance(value, bool) or not isinstance(value, int | float)
+                    or not 0 < value <= DB_INT_MAX):
+                raise BadRequest(f"rest_refill_per_s: expected a number > 0 and at most "
+                                 f"{DB_INT_MAX}, got {value!r}")
             changes[key] = float(value)
             continue
         elif key in _BOOL_LIMITS:
@@ -108,9 +112,14 @@ def _validate(limits: dict[str, Any]) -> dict[str, Any]:
     return changes
 
 
+def _is_int_in(value: Any, minimum: int) -> bool:
+    return (isinstance(value, int) and not isinstance(value, bool)
+            and minimum <= value <= DB_INT_MAX)
+
+
 def _row(name: str) -> Tier:
-    row = Tier.get_or_none(Tier.name == name)
-    if row is None:
+    row = Tier.get_or_none(Tier.name == name) if is_storable_text(name) else None
+    if row is None or row.name != name:  # MySQL's collations ignore trailing spaces
         known = ", ".join(t.name for t in Tier.select(Tier.name).order_by(Tier.id))
         raise NotFound(f"unknown tier {name!r}; tiers: {known}")
     return row

@@ -318,11 +318,22 @@ def _period_end(period_kind: str, period: str) -> float:
 # -- in the database threads --
 
 def _apply(daily: _Totals, hourly: _Totals) -> None:
-    """Upsert the totals monotonically (`max`), skipping keys deleted since."""
+    """Upsert the totals monotonically (`max`), skipping keys deleted since.
+
+    Roll-ups of the same keys in two processes take turns: each first locks its keys'
+    rows (FOR UPDATE, in id order) on the servers. Interleaved, their inserts of the same
+    new rows can deadlock in InnoDB on the unique index's locks, and MariaDB rolls the
+    victim back whole, savepoint included ("SAVEPOINT ... does not exist"); PostgreSQL
+    only makes one wait. SQLite has no row locks: it locks the whole database for its
+    writer."""
     wanted = {key_id for key_id, _, _ in daily} | {key_id for key_id, _, _ in hourly}
     if not wanted:
         return
-    existing = {row.id for row in ApiKey.select(ApiKey.id).where(ApiKey.id.in_(sorted(wanted)))}
+    keys = ApiKey.select(ApiKey.id).where(ApiKey.id.in_(sorted(wanted))).order_by(ApiKey.id)
+    db = ApiKey._meta.database
+    if not isinstance(getattr(db, "obj", db), peewee.SqliteDatabase):  # the proxy's target
+        keys = keys.for_update()
+    existing = {row.id for row in keys}
     _upsert(UsageDaily, UsageDaily.day,
             {(k, datetime.strptime(p, "%Y%m%d").date(), kind): v
              for (k, p, kind), v in daily.items() if k in existing})

@@ -17,7 +17,14 @@ from datetime import datetime
 import peewee
 
 from btsguru.auth.passwords import hash_password, needs_rehash, verify_password
-from btsguru.db.models import EMAIL_MAX_LENGTH, Tier, User, from_db_time, utc_now
+from btsguru.db.models import (
+    EMAIL_MAX_LENGTH,
+    Tier,
+    User,
+    from_db_time,
+    is_storable_text,
+    utc_now,
+)
 from btsguru.db.runner import DatabaseRunner
 from btsguru.errors import BadRequest, Conflict, NotFound
 
@@ -44,7 +51,7 @@ def normalize_email(email: str) -> str:
     """The stored form of `email` (trimmed, lower-cased); `BadRequest` if it is not
     shaped like an address."""
     value = email.strip().lower()
-    if not _EMAIL_RE.fullmatch(value):
+    if not _EMAIL_RE.fullmatch(value) or not value.isprintable():  # no NUL, no controls
         raise BadRequest(f"not an e-mail address: {email.strip()!r}")
     if len(value) > EMAIL_MAX_LENGTH:
         raise BadRequest(f"e-mail address longer than {EMAIL_MAX_LENGTH} characters")
@@ -146,15 +153,21 @@ def _users() -> peewee.ModelSelect[User]:
 
 
 def _tier(name: str) -> Tier:
-    tier = Tier.get_or_none(Tier.name == name)
-    if tier is None:
+    tier = Tier.get_or_none(Tier.name == name) if is_storable_text(name) else None
+    if tier is None or tier.name != name:  # MySQL's collations ignore trailing spaces
         known = ", ".join(t.name for t in Tier.select(Tier.name).order_by(Tier.id))
         raise BadRequest(f"unknown tier {name!r}; tiers: {known}")
     return tier
 
 
+def _by_email(email: str) -> User | None:
+    # an address with a NUL was never stored (normalize_email); PostgreSQL would refuse
+    # even to compare it
+    return _users().where(User.email == email).get_or_none() if is_storable_text(email) else None
+
+
 def _row(email: str) -> User:
-    row = _users().where(User.email == email).get_or_none()
+    row = _by_email(email)
     if row is None:
         raise NotFound(f"no user {email}")
     return row
@@ -175,7 +188,7 @@ def _create(email: str, password_hash: str, tier: str, admin: bool) -> UserInfo:
 
 
 def _get_by_email(email: str) -> UserInfo | None:
-    row = _users().where(User.email == email).get_or_none()
+    row = _by_email(email)
     return None if row is None else _info(row)
 
 
@@ -189,7 +202,7 @@ def _list(limit: int, offset: int) -> list[UserInfo]:
 
 
 def _get_credentials(email: str) -> tuple[UserInfo, str] | None:
-    row = _users().where(User.email == email).get_or_none()
+    row = _by_email(email)
     return None if row is None else (_info(row), row.password_hash)
 
 

@@ -14,7 +14,7 @@ from typing import cast
 import peewee
 
 from btsguru.auth.users import UserInfo
-from btsguru.db.models import ApiKey, Tier, User, from_db_time
+from btsguru.db.models import ApiKey, Tier, User, from_db_time, is_storable_text
 from btsguru.db.runner import DatabaseRunner
 
 SEARCH_MAX_LENGTH = 254  # an e-mail address's longest
@@ -46,6 +46,8 @@ class UserDirectory:
         """Users whose e-mail contains `query` (case-insensitive; empty: everyone), in
         sign-up order."""
         text = query.strip().lower()[:SEARCH_MAX_LENGTH]
+        if not is_storable_text(text):  # no e-mail holds a NUL; PostgreSQL refuses one
+            return UserPage(rows=[], total=0, limit=max(1, limit), offset=max(0, offset))
         return await self._runner.read(_search, text, max(1, limit), max(0, offset))
 
 

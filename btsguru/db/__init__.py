@@ -8,6 +8,7 @@ the models' proxy at the database. Every later query runs through a `DatabaseRun
 from __future__ import annotations
 
 import logging
+import re
 from pathlib import Path
 from urllib.parse import parse_qs, unquote, urlsplit
 
@@ -34,6 +35,10 @@ POOL_STALE_S = 1800
 # MySQL client error numbers (the first argument of pymysql's OperationalError).
 _MYSQL_ACCESS_DENIED = 1045
 _MYSQL_UNKNOWN_DATABASE = 1049
+# How PostgreSQL refuses a login that only a configuration change lets in (MySQL says
+# "access denied" to each): a wrong password, no pg_hba.conf rule for the client, an
+# unknown user (which PostgreSQL reports as such where a trust rule skips the password).
+_PG_REFUSED = re.compile(r'authentication failed|no pg_hba\.conf entry|role ".*" does not exist')
 
 
 class _MySQLDatabase(ReconnectMixin, PooledMySQLDatabase):  # type: ignore[misc]
@@ -171,12 +176,12 @@ def _connection_error(exc: Exception, url: str) -> ConfigError | Unavailable:
     where = mask_url(url)
     code = cause.args[0] if cause.args and isinstance(cause.args[0], int) else None
     lowered = text.lower()
+    if code == _MYSQL_ACCESS_DENIED or _PG_REFUSED.search(lowered):
+        return ConfigError(f"DATABASE_URL: the server refused the credentials ({where}): {text}")
     if code == _MYSQL_UNKNOWN_DATABASE or ("database" in lowered
                                            and "does not exist" in lowered):
         return ConfigError(f"DATABASE_URL: the database does not exist ({where}); "
                            f"create it first: {text}")
-    if code == _MYSQL_ACCESS_DENIED or "authentication failed" in lowered:
-        return ConfigError(f"DATABASE_URL: the server refused the credentials ({where}): {text}")
     if parts.scheme == "sqlite":
         return ConfigError(f"DATABASE_URL: cannot open the SQLite file ({where}): {text}")
     return Unavailable(f"database unreachable ({where}): {text}")

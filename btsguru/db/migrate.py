@@ -9,21 +9,24 @@ MySQL's `GET_LOCK`, PostgreSQL's advisory lock, SQLite's write lock.
 How steps evolve: a fresh database gets every table as the models define them now and
 is stamped with every step at once (as Alembic's `create_all` + `stamp head` does),
 so an upgrade step only ever runs on a database that predates it. A new step appends
-to `STEPS` and changes tables with `playhouse.migrate`; never edit a shipped step.
+to `STEPS` and changes tables with `playhouse.migrate` (or, where that is wrong for a
+backend, the DDL the models give); never edit a shipped step.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, ExitStack, contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Any
 
 import peewee
+from playhouse.migrate import PostgresqlMigrator
 
 from btsguru.db import models
-from btsguru.db.models import MODELS, SchemaVersion, Tier, utc_now
+from btsguru.db.models import MODELS, ApiKey, SchemaVersion, Tier, User, utc_now
 from btsguru.errors import Unavailable
 
 log = logging.getLogger(__name__)
@@ -49,8 +52,45 @@ def _create_schema(database: peewee.Database) -> None:
     database.create_tables(MODELS, safe=True)
 
 
+def _exact_names_and_double_refill(database: peewee.Database) -> None:
+    """MySQL: e-mails, tier names and key prefixes compare byte for byte
+    (`ExactCharField`; the default collation made `jose@` and `josé@` one account) and
+    the refill becomes a DOUBLE (FLOAT read 100/60 back as 1.66667). PostgreSQL: the
+    refill becomes a DOUBLE PRECISION (REAL read it back as 1.6666666). SQLite compared
+    exactly and its REAL is a double already."""
+    if isinstance(database, peewee.MySQLDatabase):
+        changes: tuple[tuple[type[models.BaseModel], tuple[peewee.Field, ...]], ...] = (
+            (Tier, (Tier.name, Tier.rest_refill_per_s)), (User, (User.email,)),
+            (ApiKey, (ApiKey.prefix,)))
+        for model, fields in changes:
+            # CHANGE, not playhouse's MODIFY: a field's DDL starts with its name
+            ctx: Any = database.get_sql_context()
+            ctx.literal("ALTER TABLE ").sql(peewee.Entity(model._meta.table_name))
+            for n, field in enumerate(fields):
+                ctx.literal(", CHANGE " if n else " CHANGE ").sql(
+                    peewee.Entity(field.column_name)).literal(" ").sql(field.ddl(ctx))
+            database.execute(ctx)  # type: ignore[no-untyped-call]
+    elif isinstance(database, peewee.PostgresqlDatabase):
+        PostgresqlMigrator(database).alter_column_type(
+            Tier._meta.table_name, Tier.rest_refill_per_s.column_name,
+            Tier.rest_refill_per_s).run()
+    else:
+        return
+    # The widened values are the single-precision ones (1.66666662693...): back to the 7
+    # significant digits such a float holds, which is what an operator typed, and to the
+    # exact rate over period where that is what the refill was.
+    for tier in Tier.select(Tier.id, Tier.rest_rate, Tier.rest_period_s, Tier.rest_refill_per_s):
+        ratio = tier.rest_rate / tier.rest_period_s
+        refill = float(f"{tier.rest_refill_per_s:.7g}")
+        if math.isclose(refill, ratio, rel_tol=1e-6):
+            refill = ratio
+        if refill != tier.rest_refill_per_s:
+            Tier.update(rest_refill_per_s=refill).where(Tier.id == tier.id).execute()
+
+
 STEPS: tuple[Step, ...] = (
     Step(1, "initial schema", _create_schema),
+    Step(2, "exact names and a double refill", _exact_names_and_double_refill),
 )
 
 
@@ -147,34 +187,69 @@ def _seed_tiers(free_rate: int, free_period_s: int) -> list[str]:
     return seeded
 
 
-@contextmanager
-def _migration_lock(database: peewee.Database) -> Iterator[None]:
-    """Hold the database-wide migration lock on the current connection."""
+def _migration_lock(database: peewee.Database) -> AbstractContextManager[None]:
+    """The database-wide migration lock, held on the current connection; entering it
+    raises `Unavailable` after waiting `LOCK_WAIT_S`, on every backend."""
     if isinstance(database, peewee.MySQLDatabase):
-        got = database.execute_sql(  # type: ignore[no-untyped-call]
-            "SELECT GET_LOCK(%s, %s)", (LOCK_NAME, LOCK_WAIT_S)).fetchone()[0]
-        if got != 1:
-            raise Unavailable(f"another migration has held the lock for {LOCK_WAIT_S} s")
-        try:
-            yield
-        finally:
-            database.execute_sql(  # type: ignore[no-untyped-call]
-                "SELECT RELEASE_LOCK(%s)", (LOCK_NAME,))
-    elif isinstance(database, peewee.PostgresqlDatabase):
-        database.execute_sql(  # type: ignore[no-untyped-call]
-            f"SET lock_timeout = '{LOCK_WAIT_S}s'")
-        database.execute_sql(  # type: ignore[no-untyped-call]
-            "SELECT pg_advisory_lock(%s)", (PG_LOCK_KEY,))
-        try:
-            yield
-        finally:
-            database.execute_sql(  # type: ignore[no-untyped-call]
-                "SELECT pg_advisory_unlock(%s)", (PG_LOCK_KEY,))
-            database.execute_sql("SET lock_timeout = 0")  # type: ignore[no-untyped-call]
-    elif isinstance(database, peewee.SqliteDatabase):
-        # SQLite's DDL is transactional: one IMMEDIATE transaction takes the write lock
-        # up front (waiting out the busy timeout) and makes the whole run atomic.
-        with database.atomic(lock_type="IMMEDIATE"):
-            yield
-    else:
+        return _mysql_lock(database)
+    if isinstance(database, peewee.PostgresqlDatabase):
+        return _postgres_lock(database)
+    if isinstance(database, peewee.SqliteDatabase):
+        return _sqlite_lock(database)
+    return nullcontext()
+
+
+def _held() -> Unavailable:
+    return Unavailable(f"another migration has held the lock for {LOCK_WAIT_S} s")
+
+
+def _sql(database: peewee.Database, query: str, params: tuple[Any, ...] = ()) -> Any:
+    return database.execute_sql(query, params)  # type: ignore[no-untyped-call]
+
+
+@contextmanager
+def _mysql_lock(database: peewee.Database) -> Iterator[None]:
+    if _sql(database, "SELECT GET_LOCK(%s, %s)", (LOCK_NAME, LOCK_WAIT_S)).fetchone()[0] != 1:
+        raise _held()
+    try:
         yield
+    finally:
+        _sql(database, "SELECT RELEASE_LOCK(%s)", (LOCK_NAME,))
+
+
+@contextmanager
+def _postgres_lock(database: peewee.Database) -> Iterator[None]:
+    _sql(database, f"SET lock_timeout = '{LOCK_WAIT_S}s'")  # the lock and the DDL's locks
+    try:
+        try:
+            _sql(database, "SELECT pg_advisory_lock(%s)", (PG_LOCK_KEY,))
+        except peewee.OperationalError as exc:
+            if "lock timeout" not in str(exc):
+                raise
+            raise _held() from None
+        try:
+            yield
+        finally:
+            _sql(database, "SELECT pg_advisory_unlock(%s)", (PG_LOCK_KEY,))
+    finally:
+        _sql(database, "RESET lock_timeout")  # the connection goes back to the pool
+
+
+@contextmanager
+def _sqlite_lock(database: peewee.Database) -> Iterator[None]:
+    # SQLite's DDL is transactional: one IMMEDIATE transaction takes the write lock up
+    # front and makes the whole run atomic. It waits as long as the servers' locks do,
+    # not the connection's usual busy timeout.
+    busy_ms = int(_sql(database, "PRAGMA busy_timeout").fetchone()[0])
+    _sql(database, f"PRAGMA busy_timeout = {LOCK_WAIT_S * 1000}")
+    try:
+        with ExitStack() as transaction:
+            try:
+                transaction.enter_context(database.atomic(lock_type="IMMEDIATE"))
+            except peewee.OperationalError as exc:
+                if "locked" not in str(exc):
+                    raise
+                raise _held() from None
+            yield
+    finally:
+        _sql(database, f"PRAGMA busy_timeout = {busy_ms}")

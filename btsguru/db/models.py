@@ -7,13 +7,24 @@ these models; handlers never do, and no peewee object leaves a service.
 Time: every datetime column holds a *naive UTC* datetime. MySQL's DATETIME and
 PostgreSQL's TIMESTAMP carry no zone and SQLite stores text, so naive values compare
 and sort the same way on all three; services convert to aware UTC (`from_db_time`)
-before anything leaves them. `utc_now()` drops microseconds because MySQL's DATETIME
-does, so a value read back equals the value written on every backend.
+before anything leaves them. `utc_now()` and `to_db_time()` drop microseconds because
+MySQL's DATETIME does (MariaDB truncates them, MySQL rounds), so a value read back
+equals the value written on every backend.
 
 Sizes: every indexed text column fits MySQL's 767-byte index prefix limit in utf8mb4
 (4 bytes a character: 191 characters at most), so the schema loads on old row formats
 too. Large JSON documents use `DocumentField` (MEDIUMTEXT on MySQL, where TEXT stops
-at 64 KiB).
+at 64 KiB). INTEGER is 32-bit on MySQL and PostgreSQL (64-bit on SQLite): services
+bound what they store by `DB_INT_MAX`. Fractions are `DoubleField`s: FloatField is a
+single-precision FLOAT on MySQL and REAL on PostgreSQL.
+
+Text is compared byte for byte on every backend: names people look things up by (an
+e-mail, a tier, a key prefix) are `ExactCharField`s, which MySQL gets with a binary
+collation instead of the database's default, which ignores case and accents
+(`jose@` and `josé@` would be one account). Even that one ignores trailing spaces
+(PAD SPACE), so a service that looks up a name it did not strip compares the row's
+again. PostgreSQL refuses NUL characters in text that the others store, so services
+keep them out (`is_storable_text`).
 
 `database` is the one module-level global the style allows: a proxy that
 `btsguru.db.connect_database` points at the configured database.
@@ -36,6 +47,11 @@ KEY_SCOPES: tuple[str, ...] = ("rest", "raw", "stream", "realtime-auth")
 DEFAULT_KEY_SCOPES = ",".join(KEY_SCOPES)
 
 EMAIL_MAX_LENGTH = 191  # utf8mb4 index limit (767 bytes / 4); RFC 5321 allows 254
+DB_INT_MAX = 2**31 - 1  # INTEGER's largest on MySQL and PostgreSQL (SQLite's is 64-bit)
+# MySQL's collation for `ExactCharField`: utf8mb4 compared by code point, as
+# PostgreSQL's deterministic collations and SQLite's BINARY compare equality; MySQL and
+# MariaDB both have it.
+MYSQL_EXACT_COLLATION = "utf8mb4_bin"
 
 
 def utc_now() -> datetime:
@@ -44,10 +60,11 @@ def utc_now() -> datetime:
 
 
 def to_db_time(value: datetime) -> datetime:
-    """An aware datetime (any zone) or a naive UTC one, as stored: naive UTC."""
+    """An aware datetime (any zone) or a naive UTC one, as stored: naive UTC, whole
+    seconds."""
     if value.tzinfo is not None:
         value = value.astimezone(UTC).replace(tzinfo=None)
-    return value
+    return value.replace(microsecond=0)
 
 
 def from_db_time(value: datetime) -> datetime:
@@ -55,10 +72,36 @@ def from_db_time(value: datetime) -> datetime:
     return value.replace(tzinfo=UTC)
 
 
+def is_storable_text(value: str) -> bool:
+    """Whether every backend stores and compares `value` alike: PostgreSQL refuses NUL
+    characters in text, which MySQL and SQLite keep."""
+    return "\x00" not in value
+
+
 if TYPE_CHECKING:
     _TextField = peewee.TextField[str]
+    _CharField = peewee.CharField[str]
 else:  # peewee's field classes are generic only in its stubs
     _TextField = peewee.TextField
+    _CharField = peewee.CharField
+
+
+def _on_mysql(field: peewee.Field) -> bool:
+    db = field.model._meta.database
+    db = getattr(db, "obj", db)  # the proxy's target
+    return isinstance(db, peewee.MySQLDatabase)
+
+
+class ExactCharField(_CharField):
+    """VARCHAR compared byte for byte, as PostgreSQL and SQLite compare any text: with
+    MySQL's binary collation, where the default ones ignore case and accents (but not
+    its trailing spaces: see the module)."""
+
+    def ddl(self, ctx: Any) -> Any:
+        node = super().ddl(ctx)
+        if _on_mysql(self):
+            node.nodes.append(peewee.SQL(f"COLLATE {MYSQL_EXACT_COLLATION}"))
+        return node
 
 
 class DocumentField(_TextField):
@@ -68,9 +111,7 @@ class DocumentField(_TextField):
     events can grow past that; TEXT elsewhere, which has no such limit."""
 
     def ddl_datatype(self, ctx: Any) -> Any:
-        db = self.model._meta.database
-        db = getattr(db, "obj", db)  # the proxy's target
-        if isinstance(db, peewee.MySQLDatabase):
+        if _on_mysql(self):
             return peewee.SQL("MEDIUMTEXT")
         return super().ddl_datatype(ctx)
 
@@ -106,11 +147,11 @@ class Tier(BaseModel):
     read it (`RateLimit-Policy`), so `rest_refill_per_s == rest_rate / rest_period_s`."""
 
     id = peewee.AutoField()
-    name = peewee.CharField(32, unique=True)
+    name = ExactCharField(32, unique=True)
     rest_rate = peewee.IntegerField()
     rest_period_s = peewee.IntegerField(default=60)
     rest_burst = peewee.IntegerField()
-    rest_refill_per_s = peewee.FloatField()
+    rest_refill_per_s = peewee.DoubleField()
     daily_quota = peewee.IntegerField(null=True)  # null: unlimited
     max_streams = peewee.IntegerField()
     max_subscriptions = peewee.IntegerField()
@@ -126,7 +167,7 @@ class Tier(BaseModel):
 
 class User(BaseModel):
     id = peewee.AutoField()
-    email = peewee.CharField(EMAIL_MAX_LENGTH, unique=True)  # always lower-cased
+    email = ExactCharField(EMAIL_MAX_LENGTH, unique=True)  # always lower-cased
     password_hash = peewee.CharField(255)  # argon2id, encoded
     tier = peewee.ForeignKeyField(Tier, backref="users", on_delete="RESTRICT")
     tier_id: int  # peewee's accessor for the foreign key's raw value (no query)
@@ -148,7 +189,7 @@ class ApiKey(BaseModel):
     user = peewee.ForeignKeyField(User, backref="api_keys", on_delete="CASCADE")
     user_id: int
     name = peewee.CharField(100)
-    prefix = peewee.CharField(16, index=True)
+    prefix = ExactCharField(16, index=True)
     key_hash = peewee.CharField(64, unique=True)
     scopes = peewee.CharField(100, default=DEFAULT_KEY_SCOPES)
     created_at = peewee.DateTimeField(default=utc_now)

@@ -1,7 +1,7 @@
-"""Database chaos (issue 10): MariaDB unreachable for a while under a running `btsguru
-serve` with its pollers, through a TCP proxy the test cuts and restores
-(tests/chaos/tcp_proxy.py): the connections in use are reset and new ones refused, as a
-crashed or partitioned database looks to its clients.
+"""Database chaos (issue 10): the database server (MariaDB, then PostgreSQL) unreachable
+for a while under a running `btsguru serve` with its pollers, through a TCP proxy the
+test cuts and restores (tests/chaos/tcp_proxy.py): the connections in use are reset and
+new ones refused, as a crashed or partitioned database looks to its clients.
 
 What must hold: the hot paths keep working for a key the server already knows (REST
 live and raw, a new stream connection, events on an open stream); what needs the
@@ -28,7 +28,7 @@ from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import urlsplit, urlunsplit
 
 import aiohttp
 import pytest
@@ -63,6 +63,7 @@ from tests.chaos.upstream_helpers import (
     start_relay,
     upstream,
 )
+from tests.conftest import SERVER_ENGINES
 
 pytestmark = pytest.mark.timeout(600 if LONG else 150)
 
@@ -173,9 +174,12 @@ async def test_a_hung_database_does_not_hold_a_known_key(test_config: Config,
 # -- the whole server through an outage --
 
 def proxied(url: str, port: int) -> str:
-    """`url` with its host and port replaced by the proxy's."""
+    """`url` (any server's: mysql://, postgresql://) with its host and port replaced by
+    the proxy's; the scheme, the credentials and the database stay."""
     parts = urlsplit(url)
-    return f"mysql://{parts.username}@127.0.0.1:{port}{parts.path}"
+    credentials, _, _ = parts.netloc.rpartition("@")
+    netloc = f"{credentials}@127.0.0.1:{port}" if credentials else f"127.0.0.1:{port}"
+    return urlunsplit(parts._replace(netloc=netloc))
 
 
 class Usage:
@@ -235,19 +239,32 @@ async def usage_today(session: aiohttp.ClientSession, relay: Relay) -> int:
     return sum(body["data"]["today"].values())
 
 
-@pytest.mark.mariadb
-async def test_database_unreachable_for_a_while(mariadb_url: str) -> None:
-    with TcpProxy("127.0.0.1", urlsplit(mariadb_url).port or 3306) as proxy, \
-            processes() as group:
+def test_proxied_keeps_all_but_the_address() -> None:
+    assert proxied("mysql://root@127.0.0.1:3306/btsguru_x", 4000) == \
+        "mysql://root@127.0.0.1:4000/btsguru_x"
+    assert proxied("postgresql://postgres:pw@db.example:5432/b?sslmode=disable", 4001) == \
+        "postgresql://postgres:pw@127.0.0.1:4001/b?sslmode=disable"
+    assert proxied("postgres://db.example/b", 4002) == "postgres://127.0.0.1:4002/b"
+
+
+@pytest.mark.parametrize("engine", SERVER_ENGINES)
+async def test_database_unreachable_for_a_while(engine: str,
+                                                request: pytest.FixtureRequest) -> None:
+    """Each database server in turn. SQLite is left out: it is a file inside the
+    server's process, with no network between them to cut."""
+    direct_url: str = request.getfixturevalue(f"{engine}_url")
+    port = urlsplit(direct_url).port
+    assert port is not None, direct_url
+    with TcpProxy("127.0.0.1", port) as proxy, processes() as group:
         async with upstream() as (server, _log):
             relay = await asyncio.to_thread(start_relay, group, server.url,
-                                            DATABASE_URL=proxied(mariadb_url, proxy.port))
+                                            DATABASE_URL=proxied(direct_url, proxy.port))
             try:
-                figures = await outage(relay, proxy, mariadb_url)
+                figures = await outage(relay, proxy, direct_url)
             finally:
                 assert relay.process.poll() is None, relay.stderr.text()
     print(figures)
-    report("chaos-database", [figures], {"long": LONG})
+    report(f"chaos-database-{engine}", [figures], {"long": LONG, "engine": engine})
 
 
 async def outage(relay: Relay, proxy: TcpProxy, direct_url: str) -> dict[str, Any]:
