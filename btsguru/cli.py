@@ -51,8 +51,10 @@ def build_parser() -> Parser:
     p.set_defaults(run=cmd_demo)
 
     p = sub.add_parser("serve", help="the production server (REST, streams, console, metrics)")
-    p.add_argument("--host", help="address to bind (default REVERB_HOST)")
-    p.add_argument("--port", type=_port, help="port to bind (default REVERB_PORT)")
+    p.add_argument("--host", help="address to bind (default REVERB_SERVER_HOST, else "
+                   "REVERB_HOST)")
+    p.add_argument("--port", type=_port, help="port to bind (default REVERB_SERVER_PORT, "
+                   "else REVERB_PORT)")
     p.add_argument("--processes", type=_count, default=1,
                    help="worker processes sharing the port; 0 means one per core")
     p.add_argument("--no-pollers", action="store_true", help="serve only; poll elsewhere")
@@ -175,8 +177,8 @@ def cmd_serve(config: Config, args: argparse.Namespace) -> int:
         raise ConfigError("REDIS_URL: the embedded store (memory://) is private to one "
                           "process; use a Redis server with --processes")
     _check_reachable(config)
-    host = args.host or config.reverb_host
-    port = config.reverb_port if args.port is None else args.port
+    host = args.host or config.bind_host
+    port = config.bind_port if args.port is None else args.port
     try:
         return run_server(config, host, port, args.processes, pollers=not args.no_pollers)
     except OSError as exc:
@@ -194,6 +196,7 @@ def cmd_poll(config: Config, args: argparse.Namespace) -> int:
 
         stop = _stop_on_signals()
         async with open_services(config) as s:
+            s.series.start()  # the ops page's requests and failures, from this process too
             await s.pollers.start()
             try:
                 await stop.wait()

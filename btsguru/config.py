@@ -138,6 +138,10 @@ def _parse_host(raw: str) -> str:
     return value
 
 
+def _parse_optional_host(raw: str) -> str:
+    return _parse_host(raw) if raw.strip() else ""
+
+
 def _parse_sports(raw: str) -> tuple[str, ...]:
     names = tuple(dict.fromkeys(s.strip().lower() for s in raw.split(",") if s.strip()))
     if not names:
@@ -268,8 +272,20 @@ class Config:
     reverb_app_secret: Secret = setting(
         "REVERB_APP_SECRET", "", "Pusher app secret that signs channel auth and the HTTP API.",
         _parse_secret, secret=True)
-    reverb_host: str = setting("REVERB_HOST", "127.0.0.1", "Address `serve` binds.", _parse_host)
-    reverb_port: int = setting("REVERB_PORT", "8080", "Port `serve` binds.", _PORT)
+    reverb_server_host: str = setting(
+        "REVERB_SERVER_HOST", "",
+        "Address `serve` binds (Reverb's name); empty: REVERB_HOST.", _parse_optional_host)
+    reverb_server_port: int = setting(
+        "REVERB_SERVER_PORT", "0", "Port `serve` binds (Reverb's name); 0: REVERB_PORT.",
+        _parse_int(0, 65535))
+    reverb_host: str = setting(
+        "REVERB_HOST", "127.0.0.1",
+        "Address `serve` binds when REVERB_SERVER_HOST is unset (a Laravel app's clients use "
+        "it as the public host).", _parse_host)
+    reverb_port: int = setting(
+        "REVERB_PORT", "8080",
+        "Port `serve` binds when REVERB_SERVER_PORT is unset (a Laravel app's clients use it "
+        "as the public port).", _PORT)
     pusher_public_channels: bool = setting(
         "PUSHER_PUBLIC_CHANNELS", "true",
         "Bare sports.* channels open to app-key Pusher clients.", _parse_bool)
@@ -414,6 +430,17 @@ class Config:
         if not url and sport == "football":
             url = self.rapidapi_base_url
         return (url or API_SPORTS_BASE_URLS[sport]).rstrip("/")
+
+    @property
+    def bind_host(self) -> str:
+        """The address `serve` binds: Reverb's REVERB_SERVER_HOST, else REVERB_HOST (in a
+        Laravel `.env` the latter is the address clients connect to, often a proxy's)."""
+        return self.reverb_server_host or self.reverb_host
+
+    @property
+    def bind_port(self) -> int:
+        """The port `serve` binds: REVERB_SERVER_PORT, else REVERB_PORT."""
+        return self.reverb_server_port or self.reverb_port
 
     def upstream_daily_quota_for(self, sport: str) -> int:
         value: int = getattr(self, f"upstream_daily_quota_{sport.replace('-', '_')}")

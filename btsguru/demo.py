@@ -35,6 +35,10 @@ def demo_config(config: Config, simulator_url: str) -> Config:
         rapidapi_key=type(config.rapidapi_key)("demo-upstream-key"),
         rapidapi_host="127.0.0.1",
         secret_key=type(config.secret_key)(secrets.token_urlsafe(32)),
+        # a Laravel backend publishes with the app secret: the demo always has one (the
+        # one set in the environment or .env, else a fresh one, printed in the banner)
+        reverb_app_secret=config.reverb_app_secret or type(config.reverb_app_secret)(
+            secrets.token_hex(16)),
         **base_urls,
     )
 
@@ -64,6 +68,7 @@ async def _demo(config: Config, host: str, port: int) -> None:
 
     simulator = await start_simulator(SimulatorOptions(host="127.0.0.1", port=0, seed=1))
     try:
+        secret_generated = not config.reverb_app_secret
         config = demo_config(config, simulator.url)
         database = connect_database(config.database_url)
         try:  # start-up, before the server accepts anyone: blocking here is harmless
@@ -74,14 +79,15 @@ async def _demo(config: Config, host: str, port: int) -> None:
 
         async def on_ready(s: Services, bound_port: int) -> None:
             key = await prepare_demo_user(s)
-            _print_banner(simulator.url, host, bound_port, key)
+            _print_banner(simulator.url, host, bound_port, key, config, secret_generated)
 
         await serve_sockets(config, tornado.netutil.bind_sockets(port, host), on_ready=on_ready)
     finally:
         await simulator.stop()
 
 
-def _print_banner(simulator_url: str, host: str, port: int, key: str) -> None:
+def _print_banner(simulator_url: str, host: str, port: int, key: str, config: Config,
+                  secret_generated: bool) -> None:
     base = f"http://{host}:{port}"
     for line in (
         "btsguru demo is running (Ctrl-C stops it).",
@@ -95,6 +101,28 @@ def _print_banner(simulator_url: str, host: str, port: int, key: str) -> None:
         f"  usage               curl -H 'X-API-Key: {key}' {base}/v1/usage",
         f"  WebSocket           ws://{host}:{port}/v1/ws?api_key={key}",
         f"  SSE                 curl -N '{base}/v1/stream?channels=sports.football&api_key={key}'",
+        *_pusher_lines(host, port, config, secret_generated),
         f"  health              {base}/healthz  {base}/readyz",
     ):
         print_line(line)
+
+
+def _pusher_lines(host: str, port: int, config: Config, secret_generated: bool) -> list[str]:
+    """The Pusher (Reverb) side: the endpoint, the app's credentials, and what a Laravel
+    app needs to use this demo as its Reverb server."""
+    app_id, app_key = config.reverb_app_id, config.reverb_app_key
+    secret = config.reverb_app_secret.reveal()
+    return [
+        f"  Pusher (Reverb)     ws://{host}:{port}/app/{app_key}?protocol=7",
+        f"  Pusher app          id {app_id}  key {app_key}  secret {secret}"
+        + ("  (new each run: set REVERB_APP_SECRET to keep one)" if secret_generated else ""),
+        "  Laravel .env        BROADCAST_CONNECTION=reverb",
+        f"                      REVERB_APP_ID={app_id}",
+        f"                      REVERB_APP_KEY={app_key}",
+        f"                      REVERB_APP_SECRET={secret}",
+        f"                      REVERB_HOST={host}",
+        f"                      REVERB_PORT={port}",
+        "                      REVERB_SCHEME=http",
+        f"  Laravel Echo        new Echo({{broadcaster: \"reverb\", key: \"{app_key}\", "
+        f"wsHost: \"{host}\", wsPort: {port}, forceTLS: false, enabledTransports: [\"ws\"]}})",
+    ]

@@ -38,6 +38,19 @@ def test_defaults_follow_the_contract():
     assert c.pusher_public_channels is True
 
 
+def test_reverbs_server_names_choose_the_bind_address_and_the_old_names_are_the_fallback():
+    # a Laravel .env: REVERB_HOST/PORT are where clients connect, the SERVER ones the bind
+    c = load(REVERB_HOST="scores.example.com", REVERB_PORT="443",
+             REVERB_SERVER_HOST="0.0.0.0", REVERB_SERVER_PORT="8081")
+    assert (c.bind_host, c.bind_port) == ("0.0.0.0", 8081)
+    assert (c.reverb_host, c.reverb_port) == ("scores.example.com", 443)
+    c = load(REVERB_HOST="10.1.2.3", REVERB_PORT="9000")
+    assert (c.bind_host, c.bind_port) == ("10.1.2.3", 9000)
+    assert (load().bind_host, load().bind_port) == ("127.0.0.1", 8080)
+    c = load(REVERB_SERVER_PORT="7000")
+    assert (c.bind_host, c.bind_port) == ("127.0.0.1", 7000)
+
+
 def test_original_specification_names_are_read_as_written():
     c = load(RAPIDAPI_KEY="k", RAPIDAPI_HOST="api-football-v1.p.rapidapi.com",
              RAPIDAPI_BASE_URL="https://api-football-v1.p.rapidapi.com/v3",
@@ -92,6 +105,8 @@ def test_per_sport_base_urls_and_quotas():
     ("RAPIDAPI_BASE_URL_HOCKEY", "ftp://x", "expected a URL"),
     ("UPSTREAM_DAILY_QUOTA", "0", ">= 1"),
     ("REVERB_HOST", "a b", "host name"),
+    ("REVERB_SERVER_HOST", "a/b", "host name"),
+    ("REVERB_SERVER_PORT", "70000", "between 0 and 65535"),
 ])
 def test_bad_values_fail_with_one_line_naming_the_variable(name, value, fragment):
     with pytest.raises(ConfigError) as info:

@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
+import hmac
 import json
 import os
 import signal
 import subprocess
 import sys
+import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
 import pytest
+import tornado.websocket
 from tornado.httpclient import HTTPClientError
 
 from btsguru.app import make_app, open_services
@@ -114,10 +120,92 @@ def test_demo_runs_with_no_servers_and_prints_what_a_newcomer_needs(tmp_path):
             # the demo's pollers may have fetched live fixtures into the cache already
             assert response.headers["X-Cache"] in ("MISS", "HIT")
             assert json.loads(response.read())["get"] == "fixtures"
+        # the Pusher side: the printed endpoint greets a Pusher client, and a Laravel
+        # backend publishes with the printed app id, key and secret (and not without)
+        endpoint = next(line.split()[2] for line in lines if "Pusher (Reverb)" in line)
+        assert asyncio.run(_pusher_greeting(endpoint)) == "pusher:connection_established"
+        app = next(line.split() for line in lines if "Pusher app" in line)
+        app_id, app_key, secret = app[app.index("id") + 1], app[app.index("key") + 1], \
+            app[app.index("secret") + 1]
+        assert len(secret) >= 32
+        env_lines = {line.split()[-1].split("=")[0]: line.split()[-1].split("=", 1)[1]
+                     for line in lines if "REVERB_" in line and "=" in line}
+        assert env_lines == {"REVERB_APP_ID": app_id, "REVERB_APP_KEY": app_key,
+                             "REVERB_APP_SECRET": secret, "REVERB_HOST": "127.0.0.1",
+                             "REVERB_PORT": str(port), "REVERB_SCHEME": "http"}
+        base = f"http://127.0.0.1:{port}"
+        assert _pusher_publish(base, app_id, app_key, secret) == 200
+        assert _pusher_publish(base, app_id, app_key, secret[::-1]) == 401
     finally:
         code, _out, err = stop(process, signal.SIGINT)
     assert code == 0, err
     assert "Traceback" not in err
+
+
+async def _pusher_greeting(url: str) -> str:
+    conn = await asyncio.wait_for(tornado.websocket.websocket_connect(url), 10)
+    try:
+        message = await asyncio.wait_for(conn.read_message(), 10)
+        assert isinstance(message, str)
+        return str(json.loads(message)["event"])
+    finally:
+        conn.close()
+        # the closing handshake, so that the socket is closed before the loop is
+        while await asyncio.wait_for(conn.read_message(), 10) is not None:
+            pass
+
+
+def _pusher_publish(base: str, app_id: str, app_key: str, secret: str) -> int:
+    """A publish as Laravel's Pusher driver signs it (Pusher's HTTP API, auth version
+    1.0), written out here rather than taken from btsguru."""
+    body = json.dumps({"name": "demo.check", "channels": ["demo-check"], "data": "{}"}).encode()
+    path = f"/apps/{app_id}/events"
+    query = {"auth_key": app_key, "auth_timestamp": str(int(time.time())),
+             "auth_version": "1.0", "body_md5": hashlib.md5(body).hexdigest()}
+    signed = "\n".join(["POST", path, "&".join(f"{k}={query[k]}" for k in sorted(query))])
+    query["auth_signature"] = hmac.new(secret.encode(), signed.encode(),
+                                       hashlib.sha256).hexdigest()
+    request = urllib.request.Request(f"{base}{path}?{urllib.parse.urlencode(query)}",
+                                     data=body, method="POST",
+                                     headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return int(response.status)
+    except urllib.error.HTTPError as exc:
+        return exc.code
+
+
+def test_the_readmes_laravel_env_block_works_as_it_is(tmp_path):
+    """The README's Laravel `.env` block, copied whole into the `.env` btsguru reads: it
+    binds REVERB_SERVER_HOST/PORT (not the client-facing REVERB_HOST/PORT, 443), a
+    Pusher client connects with the block's app key, and a backend publishes with its
+    app id and secret. (The environment moves the bind port to a free one, as it may
+    override any .env line, so that parallel tests do not fight over 8080.)"""
+    block = subprocess.run(["bash", str(ROOT / ".ci" / "readme-block"), "laravel-env"],
+                           capture_output=True, text=True, check=True).stdout
+    (tmp_path / ".env").write_text(block)
+    from btsguru.config import load_config
+
+    laravel = load_config(environ={}, env_file=tmp_path / ".env")
+    assert (laravel.bind_host, laravel.bind_port) == ("0.0.0.0", 8080)
+    assert (laravel.reverb_host, laravel.reverb_port) == ("scores.example.com", 443)
+    config = make_test_config(tmp_path)
+    port = free_port()
+    process = start(["serve", "--processes", "1"],
+                    {**serve_env(config), "REVERB_SERVER_PORT": str(port)}, cwd=tmp_path)
+    try:
+        wait_until(lambda: answers(f"http://127.0.0.1:{port}/healthz"), what="serve to answer")
+        endpoint = f"ws://127.0.0.1:{port}/app/{laravel.reverb_app_key}?protocol=7"
+        greeting = asyncio.run(_pusher_greeting(endpoint))
+        assert greeting == "pusher:connection_established"
+        base = f"http://127.0.0.1:{port}"
+        secret = laravel.reverb_app_secret.reveal()
+        assert _pusher_publish(base, laravel.reverb_app_id, laravel.reverb_app_key, secret) == 200
+        assert _pusher_publish(base, laravel.reverb_app_id, laravel.reverb_app_key, "wrong") == 401
+    finally:
+        code, _out, err = stop(process)
+        purge_redis_prefix(config)
+    assert code == 0, err
 
 
 def _read_until(process, lines, marker):
