@@ -13,6 +13,9 @@ import redis
 from btsguru.config import Config, load_config
 from tests.cli_helpers import OFFLINE_UPSTREAMS
 
+# the order and grouping of the parallel run (pytest-xdist): longest first, see the module
+pytest_plugins = ["tests.scheduling"]
+
 REDIS_TEST_URL = "redis://127.0.0.1:6379/0"
 
 
