@@ -12,6 +12,7 @@ from typing import Any
 
 from btsguru import __name__ as _package
 from btsguru.sports import SPORTS
+from btsguru.store.history import HISTORY_WINDOW_TEXT
 
 API_VERSION = "1.0.0"
 
@@ -44,7 +45,7 @@ that increases by one, so a client detects a gap.
 * **Server-Sent Events** `GET /v1/stream?channels=C1,C2&api_key=KEY`:
   `text/event-stream` with `id:`, `event:` and one `data:` line of JSON per event, a
   heartbeat comment at least every 15 s; `Last-Event-ID` (or `last_event_id`) resumes
-  within the history window (at least 10 minutes), else `game.snapshot` again.
+  within the history window (HISTORY_WINDOW), else `game.snapshot` again.
 * **Pusher protocol 7** `GET /app/{REVERB_APP_KEY}?protocol=7`: an unmodified
   `pusher-js` or Laravel Echo client works against it; private and presence channels
   are authorized by `POST /v1/realtime/auth` (alias `/broadcasting/auth`), and the
@@ -245,7 +246,8 @@ def openapi_document(server_url: str | None = None) -> dict[str, Any]:
     """The whole document; `server_url` (the request's origin) fills `servers`."""
     doc: dict[str, Any] = {
         "openapi": "3.1.0",
-        "info": {"title": _package, "version": API_VERSION, "description": DESCRIPTION},
+        "info": {"title": _package, "version": API_VERSION,
+                 "description": DESCRIPTION.replace("HISTORY_WINDOW", HISTORY_WINDOW_TEXT)},
         "paths": PATHS,
         "components": {
             "schemas": SCHEMAS,

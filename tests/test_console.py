@@ -4,8 +4,10 @@ and sockets; a browser-like client with a cookie jar."""
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import replace
+from html import unescape
 
 import aiohttp
 
@@ -342,6 +344,26 @@ async def test_live_page_shows_games_in_play_escaped(tmp_path):
         boards = await client.get("/console/live", headers=HX)  # live.js's refresh
         assert boards.text.lstrip().startswith('<div id="boards">')
         assert '<span data-field="home.score">3</span>' in boards.text
+        # every status code says what it means: a tooltip, and a legend per board
+        assert '<abbr data-field="status.code" title="Second half">2H</abbr>' in boards.text
+        legend = re.search(r'<details class="legend">.*?</details>', boards.text, re.S)
+        assert legend and "<dt>BT</dt><dd>Break time (before or during extra time)</dd>" \
+            in legend.group(0)
+        names = re.search(r"id=\"board-football\"[^>]*data-status-names='([^']*)'", boards.text)
+        assert names and json.loads(unescape(names.group(1)))["P"] == "Penalty shoot-out"
+
+
+def test_every_status_code_of_every_sport_has_a_long_name():
+    from btsguru.sports.normalize import PHASES
+    from btsguru.sports.status_names import STATUS_NAMES, status_name
+
+    assert set(STATUS_NAMES) == set(PHASES)
+    for sport, phases in PHASES.items():
+        unnamed = [code for code in phases if status_name(sport, code) == code]
+        assert unnamed == [], (sport, unnamed)
+    assert status_name("baseball", "IN9") == "Inning 9"
+    assert status_name("hockey", "P3") == "Period 3"
+    assert status_name("football", "NEW") == "NEW"  # a code the upstream adds later
 
 
 # -- pages, headers, errors --
@@ -383,3 +405,44 @@ async def test_anonymous_visitors_are_sent_to_log_in(tmp_path):
         poll = await client.get("/console/usage", headers=HX, follow=False)
         assert poll.status == 401
         assert poll.headers["HX-Redirect"].startswith("/console/login?next=")
+
+
+# -- the landing page and the favicon --
+
+async def test_the_landing_page_says_what_this_is_and_where_to_go(tmp_path):
+    async with console_app(tmp_path) as c:
+        client = c.client()
+        page = await client.get("/", headers={"X-Forwarded-Proto": "https"})
+        assert page.status == 200 and page.headers["Content-Type"].startswith("text/html")
+        assert "real-time sports data relay" in page.text
+        for link in ("/console", "/docs", "/openapi.json", "/healthz", "/readyz"):
+            assert f'href="{link}"' in page.text, link
+        host = c.url.split("://", 1)[1]
+        # the endpoints with the address the visitor used (https: wss)
+        assert f"https://{host}/v1/football/live" in page.text
+        assert f"wss://{host}/v1/ws?api_key=KEY" in page.text
+        assert f"https://{host}/v1/stream?channels=sports.football&amp;api_key=KEY" in page.text
+        app_key = c.services.config.reverb_app_key
+        assert f"wss://{host}/app/{app_key}?protocol=7" in page.text
+        assert "within 15 minutes" in page.text  # the history window, from the store
+        assert page.headers["X-Frame-Options"] == "DENY"
+        # JSON elsewhere: an unknown path outside the console is still a JSON 404
+        missing = await client.get("/nothing-here")
+        assert missing.status == 404 and missing.headers["Content-Type"].startswith(
+            "application/json")
+
+
+async def test_the_favicon_is_served_and_every_page_links_it(tmp_path):
+    async with console_app(tmp_path) as c:
+        client = c.client()
+        async with aiohttp.ClientSession() as session, \
+                session.get(c.url + "/favicon.ico") as ico:
+            body = await ico.read()
+            assert ico.status == 200 and ico.headers["Content-Type"] in (
+                "image/x-icon", "image/vnd.microsoft.icon")
+        assert body[:4] == b"\x00\x00\x01\x00"  # an icon directory
+        assert body[22:30] == b"\x89PNG\r\n\x1a\n"  # its one image, a PNG
+        svg = await client.get("/static/favicon.svg")
+        assert svg.status == 200 and svg.headers["Content-Type"] == "image/svg+xml"
+        login = await client.get("/console/login")
+        assert re.search(r'<link rel="icon" href="/static/favicon\.svg\?v=\w+"', login.text)

@@ -73,3 +73,16 @@ async def test_openapi_json_and_the_docs_page_are_served_offline(tmp_path):
     licence = Path(__file__).parent.parent / "static" / "swagger-ui" / "LICENSE"
     assert "Apache License" in licence.read_text()
 
+
+
+def test_the_history_window_is_one_figure_everywhere():
+    """The docs, the README and the landing page give the window the history store keeps
+    (store.history), not figures of their own."""
+    from btsguru.store.history import HISTORY_RETENTION_S, HISTORY_WINDOW_TEXT
+
+    assert f"{HISTORY_RETENTION_S // 60} minutes" == HISTORY_WINDOW_TEXT
+    description = openapi_document("http://x")["info"]["description"]
+    assert f"history window ({HISTORY_WINDOW_TEXT})" in description
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    figures = re.findall(r"history window \(([^)]*)\)", readme)
+    assert figures and set(figures) == {HISTORY_WINDOW_TEXT}, figures

@@ -33,6 +33,7 @@ from btsguru.handlers.console_base import (
     safe_next,
 )
 from btsguru.handlers.console_live import live_routes
+from btsguru.handlers.landing import LandingHandler
 from btsguru.handlers.ops import ops_routes
 
 if TYPE_CHECKING:
@@ -298,7 +299,8 @@ def _sentence(message: str) -> str:
 
 
 def console_routes(s: Services, templates: Path) -> list[Any]:
-    """Every `/console` route, for `btsguru.app.make_app` (the catch-all 404 last). The
+    """Every HTML route — the landing page at `/` and `/console` — for
+    `btsguru.app.make_app` (the console's catch-all 404 last). The
     console's own services are views over `s` (Redis and the database), built here."""
     ctx = ConsoleContext(ConsolePages(templates), SessionStore(s.redis, s.clock), s.users)
     throttle = LoginThrottle(s.redis)
@@ -307,6 +309,8 @@ def console_routes(s: Services, templates: Path) -> list[Any]:
     usage = UsageReporter(s.access, s.tiers, s.redis, s.db, s.clock, streams)
     base = {"ctx": ctx}
     return [
+        (r"/", LandingHandler, {**base, "sports": s.config.sports,
+                                "app_key": s.config.reverb_app_key}),
         (r"/console/?", RootHandler, base),
         (r"/console/signup", SignupHandler, {**base, "throttle": throttle}),
         (r"/console/login", LoginHandler, {**base, "throttle": throttle}),

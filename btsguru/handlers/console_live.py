@@ -19,6 +19,7 @@ from btsguru.errors import Unauthorized
 from btsguru.handlers.console_base import ConsoleContext, ConsoleHandler, session_user
 from btsguru.handlers.sse import StreamHandler
 from btsguru.realtime.hub import Hub
+from btsguru.sports.status_names import STATUS_NAMES
 
 if TYPE_CHECKING:
     from btsguru.app import Services
@@ -43,7 +44,8 @@ class LiveHandler(ConsoleHandler):
     async def get(self) -> None:
         boards = [(sport, await self.games.live(sport)) for sport in self.sports]
         self.render_page("live.html", block="boards", boards=boards, stream_url=STREAM_PATH,
-                         channels=",".join(f"sports.{s}" for s in self.sports))
+                         channels=",".join(f"sports.{s}" for s in self.sports),
+                         status_names={s: dict(STATUS_NAMES[s]) for s in self.sports})
 
 
 class ConsoleStreamHandler(StreamHandler):

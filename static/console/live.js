@@ -28,6 +28,16 @@
     cell.classList.add("changed");
   }
 
+  // the long name of the row's status code, from its board's table (a tooltip)
+  function nameStatus(row) {
+    var cell = row.querySelector('[data-field="status.code"]');
+    var board = row.closest("[data-status-names]");
+    if (!cell || !board) { return; }
+    var names;
+    try { names = JSON.parse(board.getAttribute("data-status-names")); } catch (e) { return; }
+    cell.setAttribute("title", names[cell.textContent] || cell.textContent);
+  }
+
   function rowOf(data) {
     return document.getElementById("game-" + data.sport + "-" + data.game_id);
   }
@@ -40,6 +50,7 @@
       var cell = row.querySelector('[data-field="' + path + '"]');
       if (cell) { show(cell, changes[path]); }
     });
+    if ("status.code" in changes) { nameStatus(row); }
     if (data.seq) { row.setAttribute("data-seq", data.seq); }
   }
 
@@ -52,6 +63,7 @@
       }, game);
       show(cell, value === undefined ? null : value);
     });
+    nameStatus(row);
   }
 
   function on(name, handler) {
