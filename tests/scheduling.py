@@ -34,6 +34,7 @@ LONGEST_FIRST = (  # module, seconds of its tests on one worker
     "tests/test_pollers_cli.py",  # 23
     "tests/test_install.py",  # 23
     "tests/test_cli.py",  # 22
+    "tests/test_readme.py",  # 25 (the README's examples against a demo)
     "tests/test_backup.py",  # 16
     "tests/security/test_fuzz_pusher.py",  # 15
     "tests/security/test_fuzz_ws.py",  # 14
@@ -41,6 +42,7 @@ LONGEST_FIRST = (  # module, seconds of its tests on one worker
 
 BENCHMARKS = ("tests/test_bench_fanout.py", "tests/test_bench.py", "tests/test_bench_soak.py")
 KEEP_TOGETHER = (
+    "tests/test_readme.py",
     "tests/test_install.py",
     "tests/test_console_browser.py",
     "tests/security/test_fuzz_rest.py",
