@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import sys
+from collections import Counter
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,6 +53,7 @@ from btsguru.store.history import EventHistory
 from btsguru.store.hot import HotCache
 from btsguru.store.pusher import PusherState
 from btsguru.store.redis import RedisStores, open_redis
+from btsguru.store.series import SeriesRecorder, SeriesStore
 from btsguru.store.standings import StandingsStore
 from btsguru.upstream.client import UpstreamClient
 from btsguru.upstream.proxy import RawProxy
@@ -97,10 +99,12 @@ class Services:
     alerts: Alerter
     pusher: PusherState
     hot: HotCache
+    series: SeriesRecorder
 
     def start_background(self) -> None:
-        """Start the services' own tasks (usage flush and rollup, invalidations): for the
-        long-running commands, not for one-shot CLI commands."""
+        """Start the services' own tasks (usage flush and rollup, invalidations, the ops
+        page's series): for the long-running commands, not for one-shot CLI commands."""
+        self.series.start()
         self.access.start()
         self.hot.start()
         self.hub.start()
@@ -116,6 +120,10 @@ async def open_services(config: Config, clock: Clock | None = None) -> AsyncIter
     async with contextlib.AsyncExitStack() as stack:
         redis = open_redis(config)
         stack.push_async_callback(redis.close)
+        # the ops page's time series: every service below records into it; its last
+        # flush runs after they have all stopped, just before Redis closes
+        series = SeriesRecorder(SeriesStore(redis), clock)
+        stack.push_async_callback(series.close)
         database = connect_database(config.database_url)
         db = DatabaseRunner(database)
         stack.callback(db.close)
@@ -126,25 +134,29 @@ async def open_services(config: Config, clock: Clock | None = None) -> AsyncIter
         stack.push_async_callback(access.stop)
         quota = QuotaGovernor(redis, config, clock)
         upstream = UpstreamClient(config, redis, clock=clock, quota=quota,
-                                  request_timeout_s=float(config.upstream_timeout_s))
+                                  request_timeout_s=float(config.upstream_timeout_s),
+                                  series=series)
         stack.push_async_callback(upstream.close)
         hot = HotCache(redis, clock)  # in-process copies of hot answers, kept coherent
         stack.push_async_callback(hot.stop)
-        cache = RawCache(redis, config, clock, hot=hot)
+        cache = RawCache(redis, config, clock, hot=hot, series=series)
         proxy = RawProxy(cache, upstream, redis, clock)
         stack.push_async_callback(proxy.close)
         bus = RedisBus(redis.reverb, redis.keys)
         stack.push_async_callback(bus.close)
         history = EventHistory(redis, bus)
-        games = GameStore(redis, db, clock, bus, hot=hot)
+        games = GameStore(redis, db, clock, bus, hot=hot, series=series)
         stack.push_async_callback(games.close)  # its last database save runs before db.close
         standings = StandingsStore(redis)
         poller_state = PollerStateReader(redis, clock)
         # started by `serve` (unless --no-pollers) and `poll`; stopped before the stores
         # it writes to close (a no-op when never started)
-        pollers = Pollers(config, clock, redis, upstream, cache, quota, games, standings)
+        pollers = Pollers(config, clock, redis, upstream, cache, quota, games, standings,
+                          series=series)
         stack.push_async_callback(pollers.stop)
-        hub = Hub(bus, history, games, StreamSlots(redis.reverb, redis.keys), config.sports)
+        hub = Hub(bus, history, games, StreamSlots(redis.reverb, redis.keys), config.sports,
+                  series=series)
+        series.watch_connections(lambda: Counter(c.kind for c in hub.connections.values()))
         stack.push_async_callback(hub.close)  # before the bus and the store it reads
         # a revoked key's or disabled user's open streams close too, not only its requests
         revoker = StreamRevoker(lambda: list(hub.connections.values()), access.active_key_ids)
@@ -162,7 +174,8 @@ async def open_services(config: Config, clock: Clock | None = None) -> AsyncIter
                        keys=keys, tiers=tiers, access=access, quota=quota, upstream=upstream,
                        cache=cache, proxy=proxy, bus=bus, history=history, games=games,
                        standings=standings, poller_state=poller_state,
-                       pollers=pollers, hub=hub, alerts=alerts, pusher=pusher, hot=hot)
+                       pollers=pollers, hub=hub, alerts=alerts, pusher=pusher, hot=hot,
+                       series=series)
 
 
 def make_app(s: Services, **settings: Any) -> tornado.web.Application:

@@ -8,10 +8,12 @@ two pictures are written to `docs/` as well."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import shutil
 import subprocess
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import aiohttp
 import pytest
@@ -19,7 +21,7 @@ import pytest
 from tests.cli_helpers import ROOT
 from tests.conftest import make_test_config
 from tests.console_fixtures import ADMIN_EMAIL, PASSWORD, console_app
-from tests.upstream_fixtures import point_at, simulator
+from tests.upstream_fixtures import point_at, sim_fault, simulator
 
 playwright_api = pytest.importorskip("playwright.async_api")
 
@@ -212,6 +214,150 @@ async def test_the_live_scoreboard_changes_while_the_simulator_plays(tmp_path, c
                 await ops.wait_for_url("**/console/ops")
                 await ops.wait_for_selector("table.pollers tbody tr", timeout=15_000)
                 assert await ops.locator("table.pollers tbody tr").count() >= 2
-                await _shot(ops, "10-ops-polling", docs="console-ops.png")
+                await _shot(ops, "10-ops-polling")
             finally:
                 await browser.close()
+
+
+# Every chart of the ops page, and the least each must show once a match has played: the
+# pollers asked the upstream, events were published and delivered to the open scoreboard
+# over SSE (so latency was measured), the raw cache answered, and an upstream fault made
+# a poll fail.
+_CHARTS = ("chart-upstream", "chart-connections", "chart-events", "chart-latency",
+           "chart-cache", "chart-poll-failures")
+_CHARTS_WITH_DATA = """ids => ids.every(id => {
+    const figure = document.getElementById(id);
+    return figure && Number(figure.dataset.points) > 0 && Number(figure.dataset.peak) > 0;
+})"""
+
+
+async def _log_in(browser, base: str, email: str, path: str):
+    page = await (await browser.new_context(viewport=VIEWPORT)).new_page()
+    await page.goto(f"{base}/console/login?next={path}")
+    await page.get_by_label("Email").fill(email)
+    await page.get_by_label("Password").fill(PASSWORD)
+    await page.get_by_role("button", name="Log in").click()
+    # the login page's own URL ends with `next=<path>`: wait for the path itself
+    await page.wait_for_url(lambda url: urlsplit(url).path == path)
+    return page
+
+
+class _Streams:
+    """A fan's two stream connections (SSE and WebSocket, both following football and
+    basketball), read in the background; `changed` is set by every change event."""
+
+    CHANNELS = "sports.football,sports.basketball"
+
+    def __init__(self, base: str, key: str) -> None:
+        self.base, self.key = base, key
+        self.session = aiohttp.ClientSession()
+        self.changed = asyncio.Event()
+        self.tasks: list[asyncio.Task[None]] = []
+
+    async def open(self) -> None:
+        sse = await self.session.get(f"{self.base}/v1/stream?channels={self.CHANNELS}",
+                                     headers={"X-API-Key": self.key})
+        assert sse.status == 200, await sse.text()
+        ws = await self.session.ws_connect(f"{self.base}/v1/ws",
+                                           headers={"X-API-Key": self.key})
+        await ws.send_json({"op": "subscribe", "channels": self.CHANNELS.split(",")})
+        self.tasks = [asyncio.create_task(self._read_sse(sse)),
+                      asyncio.create_task(self._read_ws(ws))]
+
+    async def _read_sse(self, response) -> None:
+        async for line in response.content:
+            if line.startswith(b"event: game.") and b"snapshot" not in line:
+                self.changed.set()
+
+    async def _read_ws(self, ws) -> None:
+        async for _message in ws:
+            pass
+
+    async def close(self) -> None:
+        for task in self.tasks:
+            task.cancel()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+        await self.session.close()
+
+
+DOCS_PLAY_S = 480
+
+
+async def _play(sim, base: str, key: str, streams: _Streams, *, advance_s: int = 300,
+                fault: bool = False) -> None:
+    """One round of a match day: the simulator moves on `advance_s`, a client reads the
+    raw cache, the upstream fails a few times when `fault`; then wait (bounded) for a
+    change event to reach the fan."""
+    async with aiohttp.ClientSession() as session:
+        async with session.post(f"{sim.url}/__sim/advance",
+                                json={"seconds": advance_s}) as resp:
+            assert resp.status in (200, 204)
+        async with session.get(f"{base}/v1/football/raw/status",
+                               headers={"X-API-Key": key}) as resp:
+            await resp.read()
+    if fault:
+        await sim_fault(sim, "500", count=4)
+    streams.changed.clear()
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(streams.changed.wait(), 10)
+
+
+async def test_the_ops_charts_show_a_match_being_played(tmp_path, chromium):
+    async with simulator(speed=30.0) as sim:
+        config = point_at(make_test_config(tmp_path, RAPIDAPI_HOST="127.0.0.1",
+                                           BTSGURU_SPORTS="football,basketball",
+                                           UPSTREAM_MINUTE_QUOTA="60",
+                                           POLL_LIVE_INTERVAL_FOOTBALL_S="1",
+                                           POLL_LIVE_INTERVAL_BASKETBALL_S="1",
+                                           POLL_CRUCIAL_INTERVAL_FOOTBALL_S="1",
+                                           POLL_CRUCIAL_INTERVAL_BASKETBALL_S="1"), sim)
+        async with console_app(tmp_path, config, pollers=True) as c, \
+                playwright_api.async_playwright() as p:
+            await c.services.users.create_user("fan@example.com", PASSWORD, tier="pro")
+            await c.services.users.create_user(ADMIN_EMAIL, PASSWORD, admin=True)
+            _, key = await c.services.keys.create_key("fan@example.com", "streams")
+            streams = _Streams(c.url, key)
+            browser = await _launch(p, chromium)
+            try:
+                await streams.open()
+                # the match plays on, pushed along by the simulator's control API, until
+                # change events reach the fan; a client reads the raw cache meanwhile,
+                # and the upstream fails for a moment, so a poll fails
+                for round_ in range(8):
+                    await _play(sim, c.url, key, streams, fault=round_ == 1)
+                    if round_ >= 2 and streams.changed.is_set():
+                        break
+                assert streams.changed.is_set(), "no change event reached the fan"
+                if os.environ.get("BTSGURU_DOCS_SCREENSHOTS") == "1":
+                    # the README's picture: minutes of real play, so the charts have a
+                    # history to show (only when writing it: the test needs none)
+                    deadline = asyncio.get_running_loop().time() + DOCS_PLAY_S
+                    round_ = 0
+                    while asyncio.get_running_loop().time() < deadline:
+                        round_ += 1
+                        await _play(sim, c.url, key, streams, advance_s=60,
+                                    fault=round_ % 25 == 0)
+
+                ops = await _log_in(browser, c.url, ADMIN_EMAIL, "/console/ops")
+                assert await ops.get_by_role("heading", name="Last hour").is_visible()
+                # no reload: the charts refresh themselves (every 10 s) as processes flush
+                await ops.wait_for_function(_CHARTS_WITH_DATA, arg=list(_CHARTS),
+                                            timeout=60_000)
+                for chart_id in _CHARTS:
+                    figure = ops.locator(f"#{chart_id}")
+                    assert await figure.locator("svg[role=img]").get_attribute("aria-label")
+                    paths = await figure.locator("path.line").evaluate_all(
+                        "ps => ps.map(p => [p.getAttribute('d'), p.dataset.peak])")
+                    assert any(d and float(peak) > 0 for d, peak in paths), (chart_id, paths)
+                quota = ops.locator("#chart-upstream line.rule[data-value]")
+                assert await quota.get_attribute("data-value") == "60.0"
+                await _shot(ops, "11-ops-charts", docs="console-ops.png")
+                # the day's view, in place
+                await ops.get_by_role("link", name="Last 24 hours").click()
+                await ops.wait_for_selector("#ops-charts[data-window='24h']")
+                await ops.wait_for_function(_CHARTS_WITH_DATA, arg=list(_CHARTS[:3]),
+                                            timeout=20_000)
+                await _shot(ops, "12-ops-charts-day")
+            finally:
+                await browser.close()
+                await streams.close()

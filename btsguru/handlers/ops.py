@@ -1,8 +1,10 @@
 """The operators' console (users with the admin flag): the health of the whole service at a
-glance (`/console/ops`), and users and tiers (`/console/users`).
+glance and over the last hour or day (`/console/ops`, its charts alone at
+`/console/ops/charts` for htmx), and users and tiers (`/console/users`).
 
 Beside the flow: thin handlers over `console.ops.OpsReporter` (which reads what the
-pollers, the quota governor, the cache and the hub keep) and over `auth` for changes.
+pollers, the quota governor, the cache and the hub keep), `console.timeline.OpsTimeline`
+(the cluster-wide series of `store.series`) and over `auth` for changes.
 Every change that affects API keys is announced through `AccessService.invalidate_*`,
 so every process drops the cached principals at once (a disabled user's keys stop
 working immediately, a tier change applies to the next request), and a disabled user's
@@ -21,8 +23,10 @@ from btsguru.auth.users import UserInfo
 from btsguru.console.directory import UserDirectory
 from btsguru.console.ops import OpsReporter
 from btsguru.console.streams import StreamCounts
+from btsguru.console.timeline import OpsTimeline, window_named
 from btsguru.errors import BadRequest, NotFound
 from btsguru.handlers.console_base import ConsoleContext, ConsoleHandler
+from btsguru.store.series import SeriesStore
 
 if TYPE_CHECKING:
     from btsguru.app import Services
@@ -41,13 +45,37 @@ class OperatorHandler(ConsoleHandler):
 
 
 class OpsHandler(OperatorHandler):
-    def initialize(self, ctx: ConsoleContext, ops: OpsReporter) -> None:  # type: ignore[override]
+    def initialize(self, ctx: ConsoleContext, ops: OpsReporter,  # type: ignore[override]
+                   timeline: OpsTimeline) -> None:
         super().initialize(ctx)
         self.ops = ops
+        self.timeline = timeline
 
     async def get(self) -> None:
         report = await self.ops.report()
-        self.render_page("ops.html", block="ops_panel", report=report)
+        if self.is_htmx():  # the refreshing panel: the charts refresh on their own
+            self.render_page("ops.html", block="ops_panel", report=report)
+            return
+        timeline = await self.timeline.view(self.get_argument("window", None))
+        self.render_page("ops.html", report=report, timeline=timeline)
+
+
+class OpsChartsHandler(OperatorHandler):
+    """The charts alone, for htmx (their `every 10s` refresh and the window links);
+    without htmx, the whole page for that window."""
+
+    def initialize(self, ctx: ConsoleContext,  # type: ignore[override]
+                   timeline: OpsTimeline) -> None:
+        super().initialize(ctx)
+        self.timeline = timeline
+
+    async def get(self) -> None:
+        window = window_named(self.get_argument("window", None))
+        if not self.is_htmx():
+            self.redirect(f"/console/ops?window={window.name}")
+            return
+        timeline = await self.timeline.view(window.name)
+        self.render_page("ops.html", block="ops_charts", timeline=timeline)
 
 
 class UsersHandler(OperatorHandler):
@@ -157,10 +185,12 @@ def ops_routes(s: Services, ctx: ConsoleContext, streams: StreamCounts) -> list[
     """The operators' routes, for `handlers.console.console_routes`."""
     ops = OpsReporter(s.config.sports, s.quota, s.cache.counters, s.clock,
                       pollers=s.poller_state, streams=streams.rows, alerts=s.alerts.store.rows)
+    timeline = OpsTimeline(SeriesStore(s.redis), s.quota, s.config.sports, s.clock)
     users = {"ctx": ctx, "directory": UserDirectory(s.db), "tiers": s.tiers,
              "access": s.access}
     return [
-        (r"/console/ops", OpsHandler, {"ctx": ctx, "ops": ops}),
+        (r"/console/ops", OpsHandler, {"ctx": ctx, "ops": ops, "timeline": timeline}),
+        (r"/console/ops/charts", OpsChartsHandler, {"ctx": ctx, "timeline": timeline}),
         (r"/console/users", UsersHandler, users),
         (r"/console/users/(?P<user_id>\d{1,12})/tier", UserTierHandler, users),
         (r"/console/users/(?P<user_id>\d{1,12})/disable", UserDisableHandler, users),

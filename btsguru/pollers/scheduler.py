@@ -30,6 +30,7 @@ from btsguru.lifecycle import cancel_tasks
 from btsguru.pollers.cadence import delay_after_failure
 from btsguru.pollers.lease import Leases
 from btsguru.pollers.state import PollerState
+from btsguru.store.series import SeriesRecorder
 from btsguru.upstream.backoff import Backoff
 from btsguru.upstream.errors import FetchError
 
@@ -103,8 +104,10 @@ class Scheduler:
     """Runs tasks as loops under leases (see the module docstring)."""
 
     def __init__(self, clock: Clock, state: PollerState, leases: Leases | None, *,
-                 backoff: Backoff, wake_check_s: float = WAKE_CHECK_S) -> None:
+                 backoff: Backoff, wake_check_s: float = WAKE_CHECK_S,
+                 series: SeriesRecorder | None = None) -> None:
         self._clock = clock
+        self._series = series  # the ops page's failures per minute, cluster-wide
         self._state = state
         self._leases = leases
         self._backoff = backoff
@@ -271,6 +274,8 @@ class Scheduler:
                           last_error=None)
         else:
             failures += 1
+            if self._series is not None:
+                self._series.poll_failed(task.sport)
             cadence_s = task.cadence_s()
             cause = error.first if isinstance(error, IterationFailed) else error
             delay_s = delay_after_failure(cause, cadence_s, failures, self._backoff)

@@ -36,6 +36,7 @@ from btsguru.pollers.tasks import (
 )
 from btsguru.store.cache import RawCache
 from btsguru.store.redis import RedisStores
+from btsguru.store.series import SeriesRecorder
 from btsguru.upstream.client import UpstreamClient
 from btsguru.upstream.quota import QuotaGovernor
 
@@ -69,7 +70,7 @@ class Pollers:
                  games: GameSink, standings: StandingsSink | None = None, *,
                  sports: Sequence[str] | None = None, kinds: Sequence[str] = TASK_KINDS,
                  use_leases: bool = True, namespace: str = "poll",
-                 leases: Leases | None = None) -> None:
+                 leases: Leases | None = None, series: SeriesRecorder | None = None) -> None:
         self.config = config
         self.clock = clock
         self.sports = tuple(sports if sports is not None else config.sports)
@@ -90,7 +91,7 @@ class Pollers:
                                    self.settings, clock),
                 state=self.state, lock=asyncio.Lock())
         self.scheduler = Scheduler(clock, self.state, self.leases,
-                                   backoff=self.settings.backoff())
+                                   backoff=self.settings.backoff(), series=series)
         builders: dict[str, Callable[[SportContext], Task]] = {
             "live": LiveTask, "schedule": ScheduleTask, "static": StaticTask,
             "standings": StandingsTask}

@@ -67,6 +67,7 @@ from btsguru.sports.base import Game, game_to_json
 from btsguru.store.bus import Bus, BusEvent, covers, game_channel, parse_channel
 from btsguru.store.games import GameStore
 from btsguru.store.history import EventHistory, HistoryEvent, parse_stream_id
+from btsguru.store.series import SeriesRecorder
 
 log = logging.getLogger(__name__)
 
@@ -139,8 +140,9 @@ class Hub:
     """Channels -> subscribers for one process; see the module docstring."""
 
     def __init__(self, bus: Bus, history: EventHistory, games: GameStore, slots: StreamSlots,
-                 sports: Sequence[str]) -> None:
+                 sports: Sequence[str], *, series: SeriesRecorder | None = None) -> None:
         self._bus = bus
+        self._series = series
         self._history = history
         self._games = games
         self.slots = slots
@@ -351,6 +353,10 @@ class Hub:
                               sub.conn.id)
                 sub.conn.close(1011, "internal error")
         metrics.FANOUT_DURATION.observe(watch.elapsed_s())
+        if self._series is not None:
+            # the id's milliseconds are Redis's clock at XADD, so this is wall time (the
+            # injected clock may be a test's): change stored -> handed to the sockets
+            self._series.delivered(time.time() * 1000 - facts.pos[0])
 
     # -- catching up --
 

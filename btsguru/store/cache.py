@@ -39,6 +39,7 @@ from btsguru.clock import Clock
 from btsguru.config import Config
 from btsguru.store.hot import HotCache
 from btsguru.store.redis import RedisStores
+from btsguru.store.series import SeriesRecorder
 
 log = logging.getLogger(__name__)
 
@@ -101,9 +102,12 @@ class CacheCounters:
     # bound once: `labels()` costs a lookup under a lock, on every hit
     _exported: dict[CacheState, Any] = field(default_factory=lambda: {
         state: metrics.CACHE_REQUESTS.labels(state.value.lower()) for state in CacheState})
+    series: SeriesRecorder | None = None  # the ops page's hit rate, cluster-wide
 
     def count(self, state: CacheState) -> None:
         self._exported[state].inc()
+        if self.series is not None:
+            self.series.cache_lookup(state is CacheState.HIT)
         if state is CacheState.HIT:
             self.hits += 1
         elif state is CacheState.MISS:
@@ -137,14 +141,14 @@ class RawCache:
     """Upstream answers by (sport, endpoint, normalized params)."""
 
     def __init__(self, redis: RedisStores, config: Config, clock: Clock, *,
-                 hot: HotCache | None = None) -> None:
+                 hot: HotCache | None = None, series: SeriesRecorder | None = None) -> None:
         self._client = redis.cache
         self._keys = redis.keys
         self._config = config
         self._clock = clock
         self._hot = hot
         self.enabled = config.api_cache_enabled
-        self.counters = CacheCounters()
+        self.counters = CacheCounters(series=series)
         self._names: dict[tuple[Any, ...], str] = {}  # (sport, endpoint, *params) -> key
 
     def key_for(self, sport: str, endpoint: str, params: Mapping[str, str]) -> str:

@@ -66,6 +66,7 @@ from btsguru.store.history import (
 )
 from btsguru.store.hot import HotCache, live_list_name
 from btsguru.store.redis import RedisStores
+from btsguru.store.series import SeriesRecorder
 
 log = logging.getLogger(__name__)
 
@@ -158,9 +159,11 @@ class _Plan:
 
 class GameStore:
     def __init__(self, redis: RedisStores, runner: DatabaseRunner, clock: Clock,
-                 bus: Bus, *, hot: HotCache | None = None) -> None:
+                 bus: Bus, *, hot: HotCache | None = None,
+                 series: SeriesRecorder | None = None) -> None:
         self._redis = redis.reverb
         self._hot = hot
+        self._series = series
         self._keys = redis.keys
         self._runner = runner
         self._clock = clock
@@ -212,6 +215,8 @@ class GameStore:
         if self._bus.redis_channel(f"sports.{sport}") is None:
             for item in stored:  # a Redis bus got them from the script, in order
                 await self._bus.publish(item.to_bus_event())
+        if self._series is not None and stored:
+            self._series.events_published(sport, len(stored))
         await self._redis.set(self._mark_key(sport), repr(self._clock.time()),
                               ex=INGEST_MARK_TTL_S)
         if self._hot is not None:  # the live list and its `as_of` changed, everywhere

@@ -38,6 +38,7 @@ from btsguru.config import Config
 from btsguru.errors import BadRequest, Unavailable
 from btsguru.sports import SPORTS
 from btsguru.store.redis import RedisStores
+from btsguru.store.series import SeriesRecorder
 from btsguru.upstream.backoff import Backoff
 from btsguru.upstream.breaker import CircuitBreaker
 from btsguru.upstream.errors import (
@@ -134,7 +135,8 @@ class UpstreamClient:
                  connect_timeout_s: float = CONNECT_TIMEOUT_S,
                  user_deadline_s: float = USER_DEADLINE_S,
                  poller_token_wait_s: float = POLLER_TOKEN_WAIT_S,
-                 max_attempts: int = MAX_ATTEMPTS) -> None:
+                 max_attempts: int = MAX_ATTEMPTS,
+                 series: SeriesRecorder | None = None) -> None:
         if max_attempts < 1:
             raise ValueError("max_attempts must be at least 1")
         self._config = config
@@ -150,6 +152,7 @@ class UpstreamClient:
         self.user_deadline_s = user_deadline_s
         self.poller_token_wait_s = poller_token_wait_s
         self.max_attempts = max_attempts
+        self._series = series  # the ops page's requests per minute, cluster-wide
 
     # -- lifecycle --
 
@@ -214,6 +217,8 @@ class UpstreamClient:
                     response = await self._attempt(sport, endpoint, query, token, deadline)
                 except FetchError as exc:
                     _count_request(sport, endpoint, exc.kind, watch, exc)
+                    if self._series is not None:
+                        self._series.upstream_request(sport)
                     if exc.kind in HOST_FAILURE_KINDS:
                         self.breaker.record_failure(sport)
                     else:
@@ -227,6 +232,8 @@ class UpstreamClient:
                     delay_s = retry_in_s
                 else:
                     _count_request(sport, endpoint, "ok", watch, None)
+                    if self._series is not None:
+                        self._series.upstream_request(sport)
                     self.breaker.record_success(sport)
                     verdict_given = True
                     return response
