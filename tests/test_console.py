@@ -361,6 +361,7 @@ def test_every_status_code_of_every_sport_has_a_long_name():
     for sport, phases in PHASES.items():
         unnamed = [code for code in phases if status_name(sport, code) == code]
         assert unnamed == [], (sport, unnamed)
+        assert list(STATUS_NAMES[sport]) == list(phases)  # its own codes, no other sport's
     assert status_name("baseball", "IN9") == "Inning 9"
     assert status_name("hockey", "P3") == "Period 3"
     assert status_name("football", "NEW") == "NEW"  # a code the upstream adds later

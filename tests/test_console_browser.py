@@ -204,6 +204,18 @@ async def test_the_live_scoreboard_changes_while_the_simulator_plays(tmp_path, c
                 status_cells = await page.locator("[data-field='status.clock']").all_inner_texts()
                 assert after != scores or status_cells, "nothing on the board changed"
                 await _shot(page, "09-live-after")
+                # the status codes say what they mean (a tooltip), and the legend opens
+                code = page.locator("[data-field='status.code']").first
+                assert await code.get_attribute("title") not in (None, "", await code.inner_text())
+                await page.locator("details.legend summary").first.click()
+                assert await page.locator("details.legend[open] dt").count() > 5
+                await _shot(page, "09-live-legend", docs="console-live.png")
+                # the landing page at /, with the address this browser used
+                landing = await (await browser.new_context(viewport=VIEWPORT)).new_page()
+                await landing.goto(c.url + "/")
+                assert await landing.get_by_role("link", name="Console").count() == 1
+                assert f"{c.url.replace('http', 'ws')}/v1/ws" in await landing.inner_text("main")
+                await _shot(landing, "09-landing", docs="landing.png")
                 # the operators' view with the pollers at work (the README's picture)
                 await c.services.users.create_user(ADMIN_EMAIL, PASSWORD, admin=True)
                 ops = await (await browser.new_context(viewport=VIEWPORT)).new_page()

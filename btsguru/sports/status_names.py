@@ -11,6 +11,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from types import MappingProxyType
 
+from btsguru.sports.normalize import PHASES
+
 _COMMON: Mapping[str, str] = {
     "NS": "Not started", "TBD": "Time to be defined",
     "HT": "Half-time", "BT": "Break time", "OT": "Overtime",
@@ -20,7 +22,7 @@ _COMMON: Mapping[str, str] = {
     "AWD": "Awarded", "AW": "Awarded", "WO": "Walkover", "LIVE": "In play",
 }
 
-STATUS_NAMES: Mapping[str, Mapping[str, str]] = MappingProxyType({
+_NAMES: Mapping[str, Mapping[str, str]] = MappingProxyType({
     "football": MappingProxyType({
         **_COMMON, "1H": "First half", "2H": "Second half", "ET": "Extra time",
         "BT": "Break time (before or during extra time)", "P": "Penalty shoot-out",
@@ -42,6 +44,12 @@ STATUS_NAMES: Mapping[str, Mapping[str, str]] = MappingProxyType({
         **_COMMON, **{f"Q{n}": f"Quarter {n}" for n in range(1, 5)},
     }),
 })
+
+
+# each sport's own codes only (its phase table's), in that table's order: the legend
+STATUS_NAMES: Mapping[str, Mapping[str, str]] = MappingProxyType({
+    sport: MappingProxyType({code: _NAMES[sport].get(code, code) for code in phases})
+    for sport, phases in PHASES.items()})
 
 
 def status_name(sport: str, code: str) -> str:
