@@ -143,3 +143,47 @@ async def test_store_replaces_and_reads_tables(test_config):
         assert isinstance((await store.get("football", 39))[0], StandingRow)
     finally:
         await stores.close()
+
+
+# -- the pollers: tables right after start-up, not one check interval later --
+
+async def test_standings_wait_for_the_schedule_then_come_at_once(test_config):
+    """The standings task's first run finds an empty schedule book (nothing to fetch):
+    its state row says it waits for the schedule, not that it did its work; the
+    schedule's run then wakes it, and the tables come within the scheduler's wake check
+    instead of STANDINGS_CHECK_S (5 minutes) later."""
+    from btsguru.pollers.scheduler import WAKE_CHECK_S
+    from btsguru.pollers.state import PollerStateReader
+    from btsguru.pollers.tasks import STANDINGS_CHECK_S, ScheduleTask, StandingsTask
+    from tests.poller_fixtures import poller_stack
+    from tests.upstream_fixtures import eventually, point_at, simulator, with_quota
+
+    assert WAKE_CHECK_S * 2 < STANDINGS_CHECK_S
+    async with simulator() as server:
+        config = point_at(with_quota(test_config), server)
+        async with poller_stack(config, sports=["football"], kinds=("standings",),
+                                use_leases=True) as stack:
+            reader = PollerStateReader(stack.redis, stack.clock)
+            await stack.pollers.start()
+
+            async def waiting() -> bool:
+                rows = await reader.tasks("football")
+                return any(r.task == "standings" and r.reason == "waiting for the schedule"
+                           for r in rows)
+
+            await eventually(waiting, what="the standings task to wait for the schedule")
+            [before] = [r for r in await reader.tasks("football") if r.task == "standings"]
+            assert before.next_run is not None
+            assert before.next_run >= stack.clock.time() + STANDINGS_CHECK_S - 30
+            # the schedule runs (here by hand, as the scheduler would): the book fills
+            ctx = stack.pollers.contexts["football"]
+            await ScheduleTask(ctx).run_once()
+            [woken] = [r for r in await reader.tasks("football") if r.task == "standings"]
+            assert woken.next_run is not None and woken.next_run <= stack.clock.time()
+
+            # due now, the scheduler runs it at its next look (WAKE_CHECK_S at most); run
+            # as it would, it fetches the tables and no longer waits
+            task = StandingsTask(ctx)
+            report = await task.run_once()
+            assert int(report.extra["standings_rows"]) > 0
+            assert task.next_delay_s() == (STANDINGS_CHECK_S, "standings check")

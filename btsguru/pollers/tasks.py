@@ -433,7 +433,9 @@ class ScheduleTask:
             if fetched:
                 await ctx.book.note(ctx.sport, fetched.values(), now)
         report.games = len(chosen)
-        upcoming = next_start(await ctx.book.entries(ctx.sport), now)
+        book = await ctx.book.entries(ctx.sport)
+        await _wake_standings_for_new_leagues(ctx, book, now)
+        upcoming = next_start(book, now)
         if upcoming is not None:
             wake_at = upcoming - ctx.settings.pregame_lead_s
             if await ctx.state.wake(ctx.sport, LiveTask.task, max(now, wake_at)):
@@ -500,8 +502,25 @@ class StaticTask:
         return calls.finish()
 
 
+async def _wake_standings_for_new_leagues(ctx: SportContext, book: list[BookEntry],
+                                          now: float) -> None:
+    """Run the standings task now when the schedule brought a league whose table was
+    never fetched (right after start-up, the first standings check finds an empty book:
+    without this, the tables would wait for the next check, minutes away)."""
+    if ctx.standings is None:
+        return
+    done = await ctx.due.fetched_at(ctx.sport, StandingsTask.task)
+    fresh = [f"{league}:{season}" for league, season in leagues_of_interest(book)
+             if f"{league}:{season}" not in done]
+    if fresh and await ctx.state.wake(ctx.sport, StandingsTask.task, now):
+        log.debug("%s schedule: standings woken for %d new leagues", ctx.sport, len(fresh))
+
+
 class StandingsTask:
-    """League tables: hourly while a league has a game in play, daily otherwise."""
+    """League tables: hourly while a league has a game in play, daily otherwise. Until
+    the schedule has filled the book there is nothing to fetch: the task says so
+    ("waiting for the schedule") rather than report a success that did nothing, and the
+    schedule task wakes it as soon as there is (`_wake_standings_for_new_leagues`)."""
 
     task = "standings"
 
@@ -510,9 +529,11 @@ class StandingsTask:
         self.sport = ctx.sport
         self.lease = f"{ctx.sport}:standings"
         self._force = force
+        self._waiting = False  # the last run found no league in the schedule book
 
     def next_delay_s(self) -> tuple[float, str]:
-        return STANDINGS_CHECK_S, "standings check"
+        return STANDINGS_CHECK_S, ("waiting for the schedule" if self._waiting
+                                   else "standings check")
 
     def cadence_s(self) -> float:
         return STANDINGS_CHECK_S
@@ -528,8 +549,11 @@ class StandingsTask:
         now = ctx.clock.time()
         done = await ctx.due.fetched_at(ctx.sport, self.task)
         due = []
-        for (league, season), live in leagues_of_interest(
-                await ctx.book.entries(ctx.sport)).items():
+        leagues = leagues_of_interest(await ctx.book.entries(ctx.sport))
+        self._waiting = not leagues
+        if self._waiting:
+            report.extra["standings"] = "waiting for the schedule"
+        for (league, season), live in leagues.items():
             item = f"{league}:{season}"
             age = now - done.get(item, float("-inf"))
             if self._force or age >= standings_interval_s(live, ctx.settings, stretch):
