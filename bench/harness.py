@@ -19,7 +19,7 @@ import threading
 import time
 import urllib.request
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -115,6 +115,8 @@ class Processes:
 
     children: list[subprocess.Popen[bytes]] = field(default_factory=list)
     logs: dict[int, ChildLog] = field(default_factory=dict)
+    # run after the children stopped (a stack's Redis keys, say), last added first
+    cleanups: list[Callable[[], None]] = field(default_factory=list)
 
     def start(self, args: Sequence[str], env: dict[str, str] | None = None,
               cwd: Path | None = None) -> subprocess.Popen[bytes]:
@@ -139,6 +141,11 @@ class Processes:
                 process.wait()
         for log in self.logs.values():
             log.close()
+        while self.cleanups:
+            try:
+                self.cleanups.pop()()
+            except Exception as exc:  # a cleanup must not hide the scenario's own error
+                print(f"bench: a cleanup failed: {exc!r}", file=sys.stderr)
 
 
 @contextlib.contextmanager
@@ -186,6 +193,32 @@ class Stack:
     api_key: str
 
 
+def purge_redis_prefix(env: dict[str, str]) -> None:
+    """Delete every key under the stack's REDIS_CACHE_PREFIX, in each of its logical
+    databases: a scenario's keys (histories kept for days) must not pile up in a Redis
+    that the next runs share and SCAN."""
+    import redis
+
+    url = env.get("REDIS_URL", "redis://127.0.0.1:6379/0")
+    prefix = env["REDIS_CACHE_PREFIX"]
+    dbs = {int(env.get(name, default)) for name, default in (
+        ("REDIS_DB", "0"), ("REDIS_CACHE_DB", "1"), ("REDIS_QUEUE_DB", "2"),
+        ("REDIS_REVERB_DB", "3"))}
+    for db in dbs:
+        client = redis.Redis.from_url(url, db=db)
+        try:
+            batch = []
+            for key in client.scan_iter(match=prefix + "*", count=1000):
+                batch.append(key)
+                if len(batch) >= 1000:
+                    client.unlink(*batch)
+                    batch.clear()
+            if batch:
+                client.unlink(*batch)
+        finally:
+            client.close()
+
+
 def start_stack(group: Processes, *, processes_n: int = 1, pollers: bool = False,
                 max_streams: int | None = None, settings: dict[str, str] | None = None,
                 simulator_args: Sequence[str] = ()) -> Stack:
@@ -211,6 +244,7 @@ def start_stack(group: Processes, *, processes_n: int = 1, pollers: bool = False
     }
     for sport in ("FOOTBALL", "BASKETBALL", "HOCKEY", "BASEBALL", "AMERICAN_FOOTBALL"):
         env[f"RAPIDAPI_BASE_URL_{sport}"] = f"{simulator_url}/{sport.lower().replace('_', '-')}"
+    group.cleanups.append(lambda: purge_redis_prefix(env))
     key = bench_user(env, "bench@example.com", max_streams=max_streams)
     group.start([sys.executable, "-m", "btsguru", "serve", "--port", str(port),
                  "--processes", str(processes_n), *([] if pollers else ["--no-pollers"])],

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -36,6 +38,24 @@ def run_cli(*args: str, env: Mapping[str, str] | None = None, cwd: Path | None =
     return subprocess.run([sys.executable, "-m", "btsguru", *args], capture_output=True,
                           text=True, env=cli_env(env), cwd=cwd or ROOT, timeout=timeout_s,
                           check=False)
+
+
+def run_bench(*args: str, timeout_s: float) -> subprocess.CompletedProcess[str]:
+    """`python -m bench ARGS` in a process group of its own, the whole group killed however
+    the call ends (a timeout, a test cut short): a benchmark's servers, simulators and
+    client processes never outlive its test, to load the rest of the run."""
+    process = subprocess.Popen([sys.executable, "-m", "bench", *args], cwd=ROOT,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               start_new_session=True)
+    try:
+        out, err = process.communicate(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        out, err = "", f"bench {' '.join(args)}: no result within {timeout_s} s"
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        process.communicate()
+    return subprocess.CompletedProcess(process.args, process.returncode, out, err)
 
 
 def free_port() -> int:

@@ -17,6 +17,27 @@ from tests.cli_helpers import OFFLINE_UPSTREAMS
 pytest_plugins = ["tests.scheduling"]
 
 REDIS_TEST_URL = "redis://127.0.0.1:6379/0"
+# every key prefix the tests, the benchmarks' stacks and the chaos relays write under
+TEST_PREFIXES = ("btgtest:", "btgbench:", "btgchaos:")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Before the run (in the controller only, not in each xdist worker): remove what an
+    earlier run that was cut short left in the shared Redis, so that no test SCANs past
+    the leftovers of the ones before it."""
+    if hasattr(config, "workerinput"):
+        return
+    for db in range(4):
+        client = redis.Redis(host="127.0.0.1", port=6379, db=db, socket_connect_timeout=2)
+        try:
+            for prefix in TEST_PREFIXES:
+                batch = list(client.scan_iter(match=prefix + "*", count=5000))
+                for start in range(0, len(batch), 5000):
+                    client.unlink(*batch[start:start + 5000])
+        except redis.RedisError:
+            return  # no Redis here: the tests that need it say so themselves
+        finally:
+            client.close()
 
 
 def make_test_config(tmp_path: Path, **overrides: str) -> Config:

@@ -5,18 +5,16 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
-import sys
 
 import pytest
 
-from tests.cli_helpers import ROOT
+from tests.cli_helpers import ROOT, run_bench
 
 
 @pytest.mark.skipif(shutil.which("wrk") is None, reason="wrk (Debian package) not installed")
+@pytest.mark.timeout(240)
 def test_rest_hits_scenario_runs_and_reports():
-    result = subprocess.run([sys.executable, "-m", "bench", "rest_hits"], cwd=ROOT,
-                            capture_output=True, text=True, timeout=180, check=False)
+    result = run_bench("rest_hits", timeout_s=180)
     assert result.returncode == 0, result.stderr
     assert "tornado hello (reference)" in result.stdout
     report = json.loads((ROOT / "bench" / "results" / "rest_hits.json").read_text())
@@ -38,18 +36,18 @@ def test_rest_hits_scenario_runs_and_reports():
     assert report["machine"]["cores"] >= 1
 
 
+@pytest.mark.timeout(180)
 def test_normalize_scenario_runs_and_reports():
-    result = subprocess.run([sys.executable, "-m", "bench", "normalize"], cwd=ROOT,
-                            capture_output=True, text=True, timeout=120, check=False)
+    result = run_bench("normalize", timeout_s=120)
     assert result.returncode == 0, result.stderr
     report = json.loads((ROOT / "bench" / "results" / "normalize.json").read_text())
     assert {row["sport"] for row in report["rows"]} >= {"football", "basketball"}
     assert all(row["normalize ms (median)"] > 0 for row in report["rows"])
 
 
+@pytest.mark.timeout(180)
 def test_bandwidth_scenario_runs_and_reports():
-    result = subprocess.run([sys.executable, "-m", "bench", "bandwidth"], cwd=ROOT,
-                            capture_output=True, text=True, timeout=120, check=False)
+    result = run_bench("bandwidth", timeout_s=120)
     assert result.returncode == 0, result.stderr
     report = json.loads((ROOT / "bench" / "results" / "bandwidth.json").read_text())
     assert {row["frames"] for row in report["rows"]} == {"uncompressed", "permessage-deflate"}
@@ -63,9 +61,9 @@ def test_bandwidth_scenario_runs_and_reports():
         assert match["events_deflate"] <= match["events_bytes"]
 
 
+@pytest.mark.timeout(300)
 def test_economy_scenario_runs_and_reports():
-    result = subprocess.run([sys.executable, "-m", "bench", "economy"], cwd=ROOT,
-                            capture_output=True, text=True, timeout=240, check=False)
+    result = run_bench("economy", timeout_s=240)
     assert result.returncode == 0, result.stderr
     clients = json.loads((ROOT / "bench" / "results" / "economy_clients.json").read_text())
     assert clients["ws_messages_delivered"] > 0 and clients["ws_failed"] == 0
@@ -87,9 +85,9 @@ def test_economy_scenario_runs_and_reports():
         assert 0 < row["age p50 s"] <= row["age p90 s"]
 
 
+@pytest.mark.timeout(240)
 def test_e2e_scenario_runs_and_reports():
-    result = subprocess.run([sys.executable, "-m", "bench", "e2e"], cwd=ROOT,
-                            capture_output=True, text=True, timeout=180, check=False)
+    result = run_bench("e2e", timeout_s=180)
     assert result.returncode == 0, result.stderr
     report = json.loads((ROOT / "bench" / "results" / "e2e.json").read_text())
     assert report["failed"] == 0 and report["out_of_order"] == 0

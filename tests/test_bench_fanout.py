@@ -7,19 +7,17 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
-import sys
 
 import pytest
 
-from tests.cli_helpers import ROOT
+from tests.cli_helpers import ROOT, run_bench
 
 
+@pytest.mark.timeout(460)
 def test_fanout_scenario_runs_and_reports():
     if shutil.which("node") is None or shutil.which("npm") is None:
         pytest.skip("the Node `ws` reference needs node and npm")
-    result = subprocess.run([sys.executable, "-m", "bench", "fanout"], cwd=ROOT,
-                            capture_output=True, text=True, timeout=400, check=False)
+    result = run_bench("fanout", timeout_s=400)
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads((ROOT / "bench" / "results" / "fanout.json").read_text())
     rows = report["rows"]

@@ -5,14 +5,14 @@ soak runs and meets every pass criterion on real figures."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from typing import Any
+
+import pytest
 
 from bench.clients import Tally
 from bench.soak import Truth, missing_at_end, rss_growth
 from bench.soak_clients import SNAPSHOT, Follower, SoakSse
-from tests.cli_helpers import ROOT
+from tests.cli_helpers import ROOT, run_bench
 
 
 def test_a_follower_counts_gaps_duplicates_and_snapshot_skips():
@@ -99,9 +99,9 @@ def test_rss_growth_compares_the_middle_with_the_end():
     assert mid == 100_000 and end > 109_000 and 0.09 < growth < 0.1
 
 
+@pytest.mark.timeout(360)
 def test_soak_scenario_meets_every_criterion_at_ci_size():
-    result = subprocess.run([sys.executable, "-m", "bench", "soak"], cwd=ROOT,
-                            capture_output=True, text=True, timeout=300, check=False)
+    result = run_bench("soak", timeout_s=300)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     report = json.loads((ROOT / "bench" / "results" / "soak.json").read_text())
     rows = {row["criterion"]: row for row in report["rows"]}

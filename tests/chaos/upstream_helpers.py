@@ -41,7 +41,15 @@ from typing import Any
 
 import aiohttp
 
-from bench.harness import ChildLog, Processes, Stack, bench_user, free_port, wait_http
+from bench.harness import (
+    ChildLog,
+    Processes,
+    Stack,
+    bench_user,
+    free_port,
+    purge_redis_prefix,
+    wait_http,
+)
 from btsguru.sports import SPORTS
 from btsguru.upstream.client import REQUEST_TIMEOUT_S
 from btsguru.upstream.quota import MINUTE_WINDOW_S, SEND_MARGIN_S
@@ -214,6 +222,7 @@ def start_relay(group: Processes, upstream_url: str, **settings: str) -> Relay:
            for s in SPORTS},
         **settings,
     }
+    group.cleanups.append(lambda: purge_redis_prefix(env))
     key = bench_user(env, "chaos@example.com")
     process = group.start([sys.executable, "-m", "btsguru", "serve", "--port", str(port)],
                           env=env)
