@@ -146,12 +146,15 @@ async def slow_clients(r: Relay, count: int, first: bytes, then: bytes,
                        ) -> list[tuple[float, bytes]]:
     """`count` connections that send `first` at once and then trickle `then` (10 bytes a
     second, well past any timeout); each one's (seconds until closed, bytes received),
-    from the end of `first`. A normal client must be served meanwhile."""
-    conns = [await asyncio.open_connection("127.0.0.1", r.port) for _ in range(count)]
+    from just before it opened. A normal client must be served meanwhile."""
+    conns, opened = [], []
+    for _ in range(count):
+        opened.append(time.monotonic())  # before the server can start its timer
+        conns.append(await asyncio.open_connection("127.0.0.1", r.port))
     for _, writer in conns:
         writer.write(first)
-    started = time.monotonic()
-    closes = [asyncio.create_task(closed_after(reader, started)) for reader, _ in conns]
+    closes = [asyncio.create_task(closed_after(reader, since))
+              for (reader, _), since in zip(conns, opened, strict=True)]
     tasks = [asyncio.create_task(trickle(writer, then, 0.1)) for _, writer in conns]
     try:
         assert await assert_served(r) < 0.9  # before the timeouts fire
