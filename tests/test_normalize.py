@@ -615,15 +615,20 @@ async def test_every_sport_on_the_simulators_output():
 
 
 async def test_diffs_over_the_simulators_progression_reproduce_each_state():
-    """Poll today's games as time runs: each new state is the old one plus its changes."""
+    """Poll yesterday's and today's games as time runs (as the pollers do: just after
+    midnight the games in play started yesterday): each new state is the old one plus
+    its changes."""
     async with running(seed=3) as server:
         previous: dict[tuple[str, int], object] = {}
         kinds: set[str] = set()
         for step in range(8):
             for sport in SPORTS:
                 endpoint = "fixtures" if sport == "football" else "games"
-                _, body = await get_json(server, f"/{sport}/{endpoint}?date={utc_day()}")
-                games = normalize_games(sport, body["response"], observed_at=f"step {step}")
+                items = []
+                for day in (utc_day(-1), utc_day()):
+                    _, body = await get_json(server, f"/{sport}/{endpoint}?date={day}")
+                    items += body["response"]
+                games = normalize_games(sport, items, observed_at=f"step {step}")
                 if sport == "football":
                     _, live = await get_json(server, "/football/fixtures?live=all")
                     by_id = {g.id: g for g in normalize_games(

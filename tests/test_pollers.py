@@ -5,7 +5,7 @@ state `/v1/sports` reads."""
 from __future__ import annotations
 
 import asyncio
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 
 import pytest
 
@@ -22,6 +22,7 @@ from btsguru.upstream import QuotaGovernor
 from tests.poller_fixtures import next_normal_game, poller_stack
 from tests.store_fixtures import make_game
 from tests.upstream_fixtures import (
+    PinnedClock,
     eventually,
     point_at,
     redis_stores,
@@ -30,6 +31,21 @@ from tests.upstream_fixtures import (
     simulator,
     with_quota,
 )
+
+DAY_S = 86_400
+# Fixed instants for the tests that need a time of day, on a clock the simulator and the
+# relay share (`PinnedClock`): the same games whenever the tests run.
+MORNING = datetime(2030, 5, 4, 9, 0, tzinfo=UTC).timestamp()
+# Yesterday's late games are still in play then (four to seven of each date-swept sport)
+# and none of them changes between in play and not for ten minutes.
+JUST_AFTER_MIDNIGHT = datetime(2030, 5, 5, 0, 3, tzinfo=UTC).timestamp()
+DATE_SWEPT = ("basketball", "hockey", "baseball")  # no `live=all`: polled by date
+# The contract's live and break codes of those sports: a game the pollers chase.
+IN_PLAY_CODES = {
+    "basketball": {"Q1", "Q2", "Q3", "Q4", "OT", "HT", "BT"},
+    "hockey": {"P1", "P2", "P3", "OT", "PT", "BT"},
+    "baseball": {f"IN{n}" for n in range(1, 10)},
+}
 
 
 def _goals(sim_game):
@@ -61,10 +77,12 @@ async def _play(stack, server, sport, match, step_s, max_steps=400):
 
 
 async def test_a_football_match_is_told_on_the_bus(test_config):
-    async with simulator() as server:
+    # the same games whenever the test runs: the simulator and the relay on one clock
+    clock = PinnedClock(MORNING)
+    async with simulator(clock=clock) as server:
         config = point_at(with_quota(test_config), server)
-        async with poller_stack(config, sports=["football"], kinds=("live", "schedule")) \
-                as stack:
+        async with poller_stack(config, clock=clock, sports=["football"],
+                                kinds=("live", "schedule")) as stack:
             match = next_normal_game(server, "football", after_s=300)
             assert match is not None
             final = await _play(stack, server, "football", match, step_s=60)
@@ -99,19 +117,17 @@ async def test_a_football_match_is_told_on_the_bus(test_config):
 
 
 async def test_a_hockey_game_with_its_events(test_config):
-    async with simulator() as server:
-        now = server.simulator.now().real_now
-        midnight = datetime.fromtimestamp(now, UTC).replace(hour=0, minute=0, second=0)
-        end_of_day = (midnight + timedelta(days=1)).timestamp()
-        # the whole match (about 3 simulated hours, played in fast-forward) must stay
-        # inside this UTC day: date-based sports are polled by day, and the simulator's
-        # day lists follow its advanced clock
-        match = next_normal_game(server, "hockey", after_s=60, until=end_of_day - 4 * 3600)
-        if match is None:
-            pytest.skip("too close to UTC midnight for a whole simulated hockey match")
+    # date-based sports are polled by the relay's UTC day: the match (about 3 simulated
+    # hours, played in fast-forward) must kick off on it, so the simulator and the relay
+    # share a clock pinned to a morning, whatever the time of day the test runs at
+    clock = PinnedClock(MORNING)
+    async with simulator(clock=clock) as server:
+        midnight = MORNING - MORNING % DAY_S + DAY_S
+        match = next_normal_game(server, "hockey", after_s=60, until=midnight)
+        assert match is not None
         config = point_at(with_quota(test_config), server)
-        async with poller_stack(config, sports=["hockey"], kinds=("live", "schedule")) \
-                as stack:
+        async with poller_stack(config, clock=clock, sports=["hockey"],
+                                kinds=("live", "schedule")) as stack:
             final = await _play(stack, server, "hockey", match, step_s=120)
             story = stack.of_game(match.id)
             names = [e.event for e in story]
@@ -128,6 +144,52 @@ async def test_a_hockey_game_with_its_events(test_config):
             stats = await sim_stats(server)
             assert stats["by_path"].get("/hockey/games/events", 0) >= 1
             assert stats["requests"] == reported
+
+
+def _in_play(server, sport):
+    """The simulator's games of `sport` in play now, by id."""
+    sim_now = int(server.simulator.now().sim_now)
+    return {g.id: g for g in server.simulator.schedule.games_between(sport, sim_now - DAY_S,
+                                                                     sim_now + 1)
+            if g.state_at(sim_now - g.start_ts).code in IN_PLAY_CODES[sport]}
+
+
+@pytest.mark.parametrize("first", [LiveTask, ScheduleTask], ids=["live-first", "schedule-first"])
+async def test_just_after_midnight_yesterdays_games_in_play_are_followed(test_config, first):
+    """Just after midnight UTC some games in play started yesterday. The date-swept
+    sports' pollers find them on a store that never saw them in play (a fresh deployment,
+    `btsguru refresh`), whichever task runs first, and follow them to their finals."""
+    clock = PinnedClock(JUST_AFTER_MIDNIGHT)
+    midnight = JUST_AFTER_MIDNIGHT - JUST_AFTER_MIDNIGHT % DAY_S
+    async with simulator(clock=clock) as server:
+        config = point_at(with_quota(test_config), server)
+        async with poller_stack(config, clock=clock, sports=DATE_SWEPT,
+                                kinds=("live", "schedule")) as stack:
+            for sport in DATE_SWEPT:
+                ctx = stack.pollers.contexts[sport]
+                await first(ctx).run_once()
+                in_play = _in_play(server, sport)
+                yesterdays = {i for i, g in in_play.items() if g.start_ts < midnight}
+                assert yesterdays, sport  # what this test is about
+                assert yesterdays <= {g.id for g in await stack.games.live(sport)}, sport
+                live = LiveTask(ctx)
+                await live.run_once()
+                assert {g.id for g in await stack.games.live(sport)} == set(in_play), sport
+                for _ in range(60):  # ten simulated hours: every game of yesterday ends
+                    server.simulator.advance(600)
+                    await live.run_once()
+                    stored = [await stack.games.get(sport, i) for i in sorted(yesterdays)]
+                    if all(g is not None and g.status.phase is Phase.FINISHED for g in stored):
+                        break
+                for game_id in sorted(yesterdays):
+                    home, away = in_play[game_id].state_at(10**7).totals()
+                    final = await stack.games.get(sport, game_id)
+                    assert final is not None and final.status.phase is Phase.FINISHED, \
+                        (sport, game_id, final and final.status)
+                    assert (final.home.score, final.away.score) == (home, away), (sport, game_id)
+                    names = [e.event for e in stack.of_game(game_id)]
+                    assert names.count("game.finished") == 1, (sport, game_id, names)
+                server.simulator.reset()
 
 
 async def test_the_pollers_never_exceed_the_minute_quota(test_config):

@@ -30,14 +30,28 @@ async def redis_stores(config: Config) -> AsyncIterator[RedisStores]:
         await stores.close()
 
 
+class PinnedClock(SystemClock):
+    """The real clock moved to read `start` now, running on from there: what a test gives
+    the simulator (`simulator(clock=...)`) and the relay alike to pin the time of day it
+    needs, instead of depending on when it runs."""
+
+    def __init__(self, start: float) -> None:
+        self._offset = start - time.time()
+
+    def time(self) -> float:
+        return time.time() + self._offset
+
+
 @asynccontextmanager
-async def simulator(**options: Any) -> AsyncIterator[Any]:
-    """The simulated upstream on an ephemeral port (generous quotas unless given)."""
+async def simulator(*, clock: Clock | None = None, **options: Any) -> AsyncIterator[Any]:
+    """The simulated upstream on an ephemeral port (generous quotas unless given); its
+    dates follow `clock` (the real clock unless given)."""
     from btsguru.simulator import SimulatorOptions, start_simulator
 
     settings: dict[str, Any] = {"port": 0, "seed": 1}
     settings.update(options)
-    server = await start_simulator(SimulatorOptions(**settings))
+    server = await start_simulator(SimulatorOptions(**settings),
+                                   clock=(clock or SystemClock()).time)
     try:
         yield server
     finally:

@@ -8,7 +8,8 @@ long to sleep (`cadence.py`).
 The work grows with live games; the requests grow much more slowly:
 - live (`LiveTask`): football and American football ask `live=all` (one call, every game
   in play, football's with their events); basketball, hockey and baseball have no live
-  query and sweep `games?date=<today UTC>` (one call), filtered locally. Details come
+  query and sweep `games?date=<today UTC>` (one call; also the day of a game still in
+  play from before midnight, and yesterday once a day), filtered locally. Details come
   batched and only when needed: games that left football's live list get their final
   state through `fixtures?ids=` (up to 20 a call, events included; also any live game
   whose events were missing); American football's through the date of their day; hockey
@@ -17,8 +18,9 @@ The work grows with live games; the requests grow much more slowly:
   most `MAX_DETAIL_CALLS_PER_RUN` a run (spread over runs).
 - schedule (`ScheduleTask`): yesterday, today and tomorrow by date, a few times an hour
   (the date-sweeping sports leave today to the live task); it stores the games not in
-  play (those are the live task's), fills the schedule book, and wakes the live task
-  when a game starts before its next run.
+  play (those are the live task's, except a date-sweeping sport's game in play that the
+  live task is not chasing: it is handed over), fills the schedule book, and wakes the
+  live task when a game starts before its next run.
 - static (`StaticTask`): the leagues, then the teams of each league of interest (with
   games yesterday to tomorrow), every `POLL_STATIC_INTERVAL_S`.
 - standings (`StandingsTask`): each league of interest hourly while it has a game in
@@ -244,6 +246,15 @@ def _moved(entry: BookEntry | None, game: Game) -> bool:
     return bool(game.start_time) and entry.start_ts != entry_of(game).start_ts
 
 
+def _handed_over(ctx: SportContext, entry: BookEntry | None, game: Game) -> bool:
+    """A date-sweeping sport's game in play on another day's list that the live task is
+    not chasing: one of yesterday's that resumed or kicked off late after midnight (the
+    live task sweeps only today and the days of the games it has in play). Stored, it is
+    in play in the store, and the live task sweeps its day from then on. Not a game the
+    book knows to be over: a list cached upstream must not bring a final back to life."""
+    return not ctx.queries.live_all and (entry is None or not entry.finished)
+
+
 def _chunks(ids: Sequence[int], size: int) -> Iterable[Sequence[int]]:
     for start in range(0, len(ids), size):
         yield ids[start:start + size]
@@ -262,6 +273,8 @@ class LiveTask:
         # hockey: game id -> (when its events were fetched, the score then)
         self._events_seen: dict[int, tuple[float, tuple[int | None, int | None]]] = {}
         self.details_calls = 0
+        # the date-sweeping sports: the last "yesterday" swept (see `_fetch`)
+        self._yesterday_swept: str | None = None
 
     def next_delay_s(self) -> tuple[float, str]:
         return self._decision.interval_s, self._decision.reason
@@ -319,13 +332,22 @@ class LiveTask:
                     fetched[game.id] = game
 
         if not q.live_all:
-            days = sorted({utc_day(now)} | {game_day(g) for g in stored.values()})
+            # Today, the day of each game in play (one that started before midnight is
+            # on yesterday's list), and yesterday once a day: just after midnight a store
+            # that never saw yesterday's games in play (a fresh deployment, `refresh`)
+            # would otherwise miss them until they finish.
+            yesterday = utc_day(now, -1)
+            days = {utc_day(now)} | {game_day(g) for g in stored.values()}
+            if self._yesterday_swept != yesterday:
+                days.add(yesterday)
             answered = False
-            for day in days:
+            for day in sorted(days):
                 items = await calls.get(q.list_endpoint, {"date": day})
                 if items is not None:
                     answered = True
                     keep(items)
+                    if day == yesterday:
+                        self._yesterday_swept = yesterday
             return fetched if answered else None
         items = await calls.get(q.list_endpoint, {"live": "all"})
         if items is None:
@@ -423,10 +445,11 @@ class ScheduleTask:
             live = {g.id: g for g in await ctx.games.live(ctx.sport)}
             entries = {e.game_id: e for e in await ctx.book.entries(ctx.sport)}
             # the live task's games are its own; of the others, what the book does not
-            # know yet or knows differently (a new game, a status, a new start time)
-            chosen = [g for g in fetched.values()
-                      if not g.status.phase.in_play and g.id not in live
-                      and _moved(entries.get(g.id), g)]
+            # know yet or knows differently (a new game, a status, a new start time),
+            # and a game in play that the live task is not chasing (`_handed_over`)
+            chosen = [g for g in fetched.values() if g.id not in live and (
+                _handed_over(ctx, entries.get(g.id), g) if g.status.phase.in_play
+                else _moved(entries.get(g.id), g))]
             if chosen:
                 chosen = await carry_stored(ctx, chosen, live)
                 tally(await ctx.games.ingest(ctx.sport, chosen), report)

@@ -18,6 +18,8 @@ import asyncio
 import contextlib
 import logging
 import signal
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import tornado.httpserver
@@ -63,16 +65,18 @@ class SimulatorServer:
         await self._http.close_all_connections()
 
 
-async def start_simulator(options: SimulatorOptions) -> SimulatorServer:
+async def start_simulator(options: SimulatorOptions, *,
+                          clock: Callable[[], float] = time.time) -> SimulatorServer:
     """Listen on options.host:options.port (0: any free port) and serve the simulator.
 
+    `clock` is the real clock its dates follow (a test pins the time of day with it).
     Raises ConfigError for a bad tape and OSError when the address cannot be bound.
     """
     if options.speed <= 0:
         raise ConfigError("--speed must be a positive number")
     if options.quota_day < 0 or options.quota_minute < 0:
         raise ConfigError("--quota-day and --quota-minute must not be negative")
-    simulator = Simulator(options)
+    simulator = Simulator(options, clock=clock)
     sockets = tornado.netutil.bind_sockets(options.port, options.host)
     http = tornado.httpserver.HTTPServer(simulator.make_app())
     http.add_sockets(sockets)
