@@ -1,16 +1,17 @@
-"""How the suite is spread over pytest-xdist's workers (`-n N --dist loadgroup`).
+"""How the suite is spread over pytest-xdist's workers (`-n 4 --dist loadfile`).
 
-The run is as long as its longest worker. xdist hands tests out in collection order, one
-at a time to whichever worker is free, so the suite is collected longest first: the
-modules below (each of their tests runs for tens of seconds: chaos tests holding a fault
-for a stretch, the benchmarks' CI sizes, real browsers and processes) start at once on
-every worker, and the thousand short tests fill the gaps at the end.
+The run is as long as its longest worker. With `--dist loadfile` each module runs on one
+worker, in its own order (module-scoped fixtures, a built wheel, a browser, a fuzzing
+server and its bystander, are built once, and a module's later tests may rely on its
+earlier ones); the modules are handed out in collection order, one at a time, to
+whichever worker is free. So the suite is collected longest first: the modules below
+(each runs for tens of seconds or minutes: chaos tests holding a fault for a stretch,
+the benchmarks' CI sizes, real browsers and processes) start at once on every worker,
+and the short modules fill the gaps at the end.
 
-The benchmarks' smoke tests load both cores on their own (their clients and servers are
-separate processes); run side by side they would starve each other and the tests that
-measure a timeout. They share one xdist group, so one worker runs them in turn. Modules
-with an expensive module-scoped fixture (a built wheel, a browser, a fuzzing server, a
-pair of server processes) are kept together on one worker too, so it is built once.
+(`--dist loadgroup`, which could split a long module over several workers, did not
+keep the modules marked with `xdist_group` together here: their tests ran on three
+workers and the fuzzers' bystander checks failed. loadfile keeps every module whole.)
 
 Durations from `pytest --durations=60` on a 2-core machine; reorder when they change.
 """
@@ -21,36 +22,27 @@ import pytest
 
 LONGEST_FIRST = (  # module, seconds of its tests on one worker
     "tests/chaos/test_upstream_chaos.py",  # 253
-    "tests/test_bench_fanout.py",  # 116
     "tests/test_bench.py",  # 134 (six scenarios)
+    "tests/test_bench_fanout.py",  # 116
     "tests/chaos/test_redis_chaos.py",  # 100
     "tests/test_bench_soak.py",  # 80
     "tests/test_console_browser.py",  # 76
+    "tests/chaos/test_database_chaos.py",  # 64 (MariaDB and PostgreSQL)
     "tests/chaos/test_process_chaos.py",  # 53
-    "tests/chaos/test_database_chaos.py",  # 34
+    "tests/test_users.py",  # 42 (argon2, three engines)
     "tests/test_pusher_processes.py",  # 29
     "tests/security/test_console_security.py",  # 27
+    "tests/test_db.py",  # 25
+    "tests/test_readme.py",  # 25 (the README's examples against a demo)
     "tests/security/test_fuzz_rest.py",  # 24
     "tests/test_pollers_cli.py",  # 23
     "tests/test_install.py",  # 23
     "tests/test_cli.py",  # 22
-    "tests/test_readme.py",  # 25 (the README's examples against a demo)
+    "tests/test_keys.py",  # 27 (three engines)
+    "tests/test_tiers.py",  # 22 (three engines)
     "tests/test_backup.py",  # 16
     "tests/security/test_fuzz_pusher.py",  # 15
     "tests/security/test_fuzz_ws.py",  # 14
-)
-
-BENCHMARKS = ("tests/test_bench_fanout.py", "tests/test_bench.py", "tests/test_bench_soak.py")
-KEEP_TOGETHER = (
-    "tests/test_readme.py",
-    "tests/test_install.py",
-    "tests/test_console_browser.py",
-    "tests/security/test_fuzz_rest.py",
-    "tests/security/test_fuzz_pusher.py",
-    "tests/security/test_fuzz_ws.py",
-    "tests/test_realtime_processes.py",
-    "tests/test_pusher_js.py",
-    "tests/test_pusher_processes.py",
 )
 
 
@@ -59,12 +51,5 @@ def _rank(item: pytest.Item) -> int:
     return LONGEST_FIRST.index(path) if path in LONGEST_FIRST else len(LONGEST_FIRST)
 
 
-@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     items.sort(key=_rank)  # stable: each module keeps its own order
-    for item in items:
-        path = item.nodeid.split("::", 1)[0]
-        if path in BENCHMARKS:
-            item.add_marker(pytest.mark.xdist_group("benchmarks"))
-        elif path in KEEP_TOGETHER:
-            item.add_marker(pytest.mark.xdist_group(path))
