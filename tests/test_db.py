@@ -246,7 +246,7 @@ def migration_lock_held(url: str) -> Iterator[None]:
         other = pymysql.connect(host=parts.hostname, port=parts.port, user="root",
                                 password="", database=parts.path[1:], autocommit=True)
         with other.cursor() as cursor:
-            cursor.execute("SELECT GET_LOCK(%s, 0)", (migrate_module.LOCK_NAME,))
+            cursor.execute(f"SELECT GET_LOCK({migrate_module.MYSQL_LOCK_NAME}, 0)")
             assert cursor.fetchone()[0] == 1
         try:
             yield
@@ -259,7 +259,8 @@ def migration_lock_held(url: str) -> Iterator[None]:
                                  dbname=parts.path[1:])
         other.autocommit = True
         with other.cursor() as cursor:
-            cursor.execute("SELECT pg_advisory_lock(%s)", (migrate_module.PG_LOCK_KEY,))
+            cursor.execute(f"SELECT pg_advisory_lock({migrate_module.PG_LOCK_KEYS})",
+                           (migrate_module.PG_LOCK_CLASS,))
         try:
             yield
         finally:

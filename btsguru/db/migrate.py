@@ -31,10 +31,14 @@ from btsguru.errors import Unavailable
 
 log = logging.getLogger(__name__)
 
-LOCK_NAME = "btsguru_migrate"
 LOCK_WAIT_S = 60  # a migration takes seconds; a minute means a stuck peer, not a queue
-# pg_advisory_lock takes a 64-bit key; any fixed number unique to this application.
-PG_LOCK_KEY = 0x62747367757275  # "btsguru" in ASCII
+# The lock is per database, not per server: MySQL's named locks and PostgreSQL's
+# advisory locks are server-wide, and two deployments (or two test databases) on one
+# server must not wait for each other's migrations.
+MYSQL_LOCK_NAME = "CONCAT('btsguru_migrate:', SHA1(DATABASE()))"  # 56 characters, <= 64
+# pg_advisory_lock(int4, int4): a class unique to this application, and the database
+PG_LOCK_CLASS = 0x62747367  # "btsg" in ASCII
+PG_LOCK_KEYS = "%s, hashtext(current_database())"
 
 
 @dataclass(frozen=True)
@@ -209,12 +213,13 @@ def _sql(database: peewee.Database, query: str, params: tuple[Any, ...] = ()) ->
 
 @contextmanager
 def _mysql_lock(database: peewee.Database) -> Iterator[None]:
-    if _sql(database, "SELECT GET_LOCK(%s, %s)", (LOCK_NAME, LOCK_WAIT_S)).fetchone()[0] != 1:
+    if _sql(database, f"SELECT GET_LOCK({MYSQL_LOCK_NAME}, %s)",
+            (LOCK_WAIT_S,)).fetchone()[0] != 1:
         raise _held()
     try:
         yield
     finally:
-        _sql(database, "SELECT RELEASE_LOCK(%s)", (LOCK_NAME,))
+        _sql(database, f"SELECT RELEASE_LOCK({MYSQL_LOCK_NAME})")
 
 
 @contextmanager
@@ -222,7 +227,7 @@ def _postgres_lock(database: peewee.Database) -> Iterator[None]:
     _sql(database, f"SET lock_timeout = '{LOCK_WAIT_S}s'")  # the lock and the DDL's locks
     try:
         try:
-            _sql(database, "SELECT pg_advisory_lock(%s)", (PG_LOCK_KEY,))
+            _sql(database, f"SELECT pg_advisory_lock({PG_LOCK_KEYS})", (PG_LOCK_CLASS,))
         except peewee.OperationalError as exc:
             if "lock timeout" not in str(exc):
                 raise
@@ -230,7 +235,7 @@ def _postgres_lock(database: peewee.Database) -> Iterator[None]:
         try:
             yield
         finally:
-            _sql(database, "SELECT pg_advisory_unlock(%s)", (PG_LOCK_KEY,))
+            _sql(database, f"SELECT pg_advisory_unlock({PG_LOCK_KEYS})", (PG_LOCK_CLASS,))
     finally:
         _sql(database, "RESET lock_timeout")  # the connection goes back to the pool
 
