@@ -246,8 +246,13 @@ async def test_thousands_of_idle_streams_from_one_key_are_bounded_by_the_tier(tm
                 crowd += await asyncio.gather(*(
                     WsClient.connect(r.ws_url, r.keys["pro"], connect_timeout_s=CROWD_DEADLINE_S)
                     for _ in range(start, min(start + 100, CROWD))))
-            await wait_for(lambda: sum(ws.close_code == 4008 for ws in crowd) ==
-                           CROWD - limit, CROWD_DEADLINE_S)
+            try:
+                await wait_for(lambda: sum(ws.close_code == 4008 for ws in crowd) ==
+                               CROWD - limit, CROWD_DEADLINE_S)
+            except AssertionError as exc:  # what the crowd was told, for the diagnosis
+                codes = Counter(ws.close_code for ws in crowd)
+                raise AssertionError(f"{exc}: close codes {dict(codes)}, "
+                                     f"{len(hub.connections)} connections held") from None
             user = next(c.user_id for c in hub.connections.values())
             assert hub.slots.local[user] == limit
             assert len(hub.connections) == limit
