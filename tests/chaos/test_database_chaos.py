@@ -303,7 +303,8 @@ async def outage(relay: Relay, proxy: TcpProxy, direct_url: str) -> dict[str, An
             usage.made["other"] += 1
             return shown == usage.total - 1
 
-        await wait_until(usage_caught_up, 15, "/v1/usage showing every request")
+        # generous: the flush and the roll-up share two cores with the parallel run
+        await wait_until(usage_caught_up, 60, "/v1/usage showing every request")
         rolled = await _rollup(relay, direct_url, usage.total)
 
     assert [a for a in served if a.status != 200] == [], "a hot path failed without the DB"
