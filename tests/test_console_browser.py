@@ -152,14 +152,19 @@ async def test_sign_up_create_use_watch_and_revoke_a_key(tmp_path, chromium):
             await browser.close()
 
 
+def _polling_every_second(tmp_path, sim, **settings: str):
+    """A relay on the simulator polling football and basketball every second."""
+    return point_at(make_test_config(tmp_path, RAPIDAPI_HOST="127.0.0.1",
+                                     BTSGURU_SPORTS="football,basketball",
+                                     POLL_LIVE_INTERVAL_FOOTBALL_S="1",
+                                     POLL_LIVE_INTERVAL_BASKETBALL_S="1",
+                                     POLL_CRUCIAL_INTERVAL_FOOTBALL_S="1",
+                                     POLL_CRUCIAL_INTERVAL_BASKETBALL_S="1", **settings), sim)
+
+
 async def test_the_live_scoreboard_changes_while_the_simulator_plays(tmp_path, chromium):
     async with simulator(speed=30.0) as sim:
-        config = point_at(make_test_config(tmp_path, RAPIDAPI_HOST="127.0.0.1",
-                                           BTSGURU_SPORTS="football,basketball",
-                                           POLL_LIVE_INTERVAL_FOOTBALL_S="1",
-                                           POLL_LIVE_INTERVAL_BASKETBALL_S="1",
-                                           POLL_CRUCIAL_INTERVAL_FOOTBALL_S="1",
-                                           POLL_CRUCIAL_INTERVAL_BASKETBALL_S="1"), sim)
+        config = _polling_every_second(tmp_path, sim)
         async with console_app(tmp_path, config, pollers=True) as c, \
                 playwright_api.async_playwright() as p:
             await c.services.users.create_user("fan@example.com", PASSWORD)
@@ -316,13 +321,7 @@ async def _play(sim, base: str, key: str, streams: _Streams, *, advance_s: int =
 
 async def test_the_ops_charts_show_a_match_being_played(tmp_path, chromium):
     async with simulator(speed=30.0) as sim:
-        config = point_at(make_test_config(tmp_path, RAPIDAPI_HOST="127.0.0.1",
-                                           BTSGURU_SPORTS="football,basketball",
-                                           UPSTREAM_MINUTE_QUOTA="60",
-                                           POLL_LIVE_INTERVAL_FOOTBALL_S="1",
-                                           POLL_LIVE_INTERVAL_BASKETBALL_S="1",
-                                           POLL_CRUCIAL_INTERVAL_FOOTBALL_S="1",
-                                           POLL_CRUCIAL_INTERVAL_BASKETBALL_S="1"), sim)
+        config = _polling_every_second(tmp_path, sim, UPSTREAM_MINUTE_QUOTA="60")
         async with console_app(tmp_path, config, pollers=True) as c, \
                 playwright_api.async_playwright() as p:
             await c.services.users.create_user("fan@example.com", PASSWORD, tier="pro")
