@@ -19,7 +19,7 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -332,10 +332,10 @@ def id_ms(id: str | None) -> int:
     return int(id.split("-")[0])
 
 
-async def wait_until(condition: Any, timeout_s: float, what: str,
+async def wait_until(condition: Any, timeout_s: float, what: str | Callable[[], str],
                      interval_s: float = 0.1) -> float:
     """Poll `condition()` (sync or async) until true; seconds it took. AssertionError
-    naming `what` after `timeout_s`."""
+    naming `what` (or what `what()` says then) after `timeout_s`."""
     started = time.monotonic()
     while True:
         result = condition()
@@ -344,7 +344,8 @@ async def wait_until(condition: Any, timeout_s: float, what: str,
         if result:
             return time.monotonic() - started
         if time.monotonic() - started > timeout_s:
-            raise AssertionError(f"{what}: not within {timeout_s:g} s")
+            said = what() if callable(what) else what
+            raise AssertionError(f"{said}: not within {timeout_s:g} s")
         await asyncio.sleep(interval_s)
 
 

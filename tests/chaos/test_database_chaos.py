@@ -298,13 +298,17 @@ async def outage(relay: Relay, proxy: TcpProxy, direct_url: str) -> dict[str, An
         after = prober.since(restored_at)
 
         # /v1/usage shows every request made (each call shows those before it)
+        shown: list[int] = []
+
         async def usage_caught_up() -> bool:
-            shown = await usage_today(session, relay)
+            shown.append(await usage_today(session, relay))
             usage.made["other"] += 1
-            return shown == usage.total - 1
+            return shown[-1] == usage.total - 1
 
         # generous: the flush and the roll-up share two cores with the parallel run
-        await wait_until(usage_caught_up, 60, "/v1/usage showing every request")
+        await wait_until(usage_caught_up, 60,
+                         lambda: f"/v1/usage showing every request (it showed "
+                                 f"{shown[-1]} of {usage.total - 1}: {dict(usage.made)})")
         rolled = await _rollup(relay, direct_url, usage.total)
 
     assert [a for a in served if a.status != 200] == [], "a hot path failed without the DB"

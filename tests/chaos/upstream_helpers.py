@@ -257,6 +257,14 @@ class Prober(Background):
     fresh_misses: bool = False  # a new search every time: users spending the quota
     answers: list[Answer] = field(default_factory=list)
     task: asyncio.Task[None] | None = None
+    stopping: asyncio.Event = field(default_factory=asyncio.Event)
+
+    async def stop(self) -> None:
+        """Let every request in flight finish and keep its answer: a request cancelled
+        on the way would be counted by the server and missing here."""
+        self.stopping.set()
+        if self.task is not None:
+            await asyncio.wait_for(self.task, 2 * USER_WAIT_S + 5)
 
     def paths(self) -> tuple[str, ...]:
         return (f"/v1/{SPORT}/live", f"/v1/{SPORT}/raw/fixtures?live=all",
@@ -269,10 +277,13 @@ class Prober(Background):
 
     async def _loop(self, session: aiohttp.ClientSession, index: int) -> None:
         for n in itertools.count():
+            if self.stopping.is_set():
+                return
             if self.fresh_misses and USER_ONLY in self.paths()[index]:
                 self.uncached = f"Atlantis{n}"
             await self.ask(session, self.paths()[index])
-            await asyncio.sleep(PROBE_EVERY_S)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.stopping.wait(), PROBE_EVERY_S)
 
     async def ask(self, session: aiohttp.ClientSession, path: str) -> Answer:
         started = time.monotonic()
