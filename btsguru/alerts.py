@@ -35,12 +35,12 @@ from redis.exceptions import RedisError
 
 from btsguru import metrics
 from btsguru.auth.watch import AccessWatch, minute_of
+from btsguru.backoff import Backoff
 from btsguru.clock import Clock
 from btsguru.console.ops import AlertRow
 from btsguru.lifecycle import cancel_tasks
 from btsguru.pollers.lease import Leases
 from btsguru.store.redis import RedisStores
-from btsguru.upstream.backoff import Backoff
 from btsguru.upstream.quota import QuotaState
 
 log = logging.getLogger(__name__)

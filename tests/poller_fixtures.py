@@ -9,6 +9,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
+from btsguru.backoff import Backoff
 from btsguru.clock import Clock, SystemClock
 from btsguru.config import Config
 from btsguru.db import close_database, connect_database
@@ -21,7 +22,7 @@ from btsguru.store.cache import RawCache
 from btsguru.store.games import GameStore
 from btsguru.store.redis import RedisStores, open_redis
 from btsguru.store.standings import StandingsStore
-from btsguru.upstream import Backoff, QuotaGovernor, UpstreamClient
+from btsguru.upstream import QuotaGovernor, UpstreamClient
 
 
 @dataclass

@@ -16,11 +16,11 @@ from tornado.netutil import bind_sockets
 
 from btsguru.alerts import Alerter, AlertStore, WebhookSender
 from btsguru.auth.watch import AccessWatch
+from btsguru.backoff import Backoff
 from btsguru.clock import FakeClock, SystemClock
 from btsguru.pollers.lease import Leases
 from btsguru.pollers.state import PollerState, PollerStateReader
 from btsguru.store.redis import open_redis
-from btsguru.upstream.backoff import Backoff
 from btsguru.upstream.quota import QuotaGovernor
 from tests.conftest import make_test_config, purge_redis_prefix
 

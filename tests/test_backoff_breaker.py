@@ -9,9 +9,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from btsguru.backoff import Backoff
 from btsguru.clock import FakeClock
 from btsguru.errors import Unavailable
-from btsguru.upstream import Backoff, CircuitBreaker, CircuitOpen
+from btsguru.upstream import CircuitBreaker, CircuitOpen
 
 # -- backoff --
 

@@ -7,6 +7,7 @@ from dataclasses import replace
 
 import pytest
 
+from btsguru.backoff import Backoff
 from btsguru.config import load_config
 from btsguru.errors import Unavailable
 from btsguru.pollers.cadence import (
@@ -29,7 +30,6 @@ from btsguru.pollers.cadence import (
     standings_interval_s,
 )
 from btsguru.sports.base import Phase
-from btsguru.upstream.backoff import Backoff
 from btsguru.upstream.errors import (
     CircuitOpen,
     QuotaExhausted,

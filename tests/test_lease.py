@@ -8,12 +8,12 @@ import time
 
 import pytest
 
+from btsguru.backoff import Backoff
 from btsguru.clock import FakeClock, SystemClock
 from btsguru.errors import Unavailable
 from btsguru.pollers.lease import Leases, lease_key
 from btsguru.pollers.scheduler import RunReport, Scheduler
 from btsguru.pollers.state import PollerState, PollerStateReader
-from btsguru.upstream.backoff import Backoff
 from btsguru.upstream.errors import UpstreamFailure
 from tests.upstream_fixtures import eventually, redis_stores
 

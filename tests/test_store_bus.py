@@ -9,9 +9,9 @@ import pytest
 import redis
 import redis.asyncio as aioredis
 
+from btsguru.backoff import Backoff
 from btsguru.store.bus import BusEvent, InMemoryBus, RedisBus, decode_message, encode_message
 from btsguru.store.redis import open_redis
-from btsguru.upstream.backoff import Backoff
 from tests.access_fixtures import migrated_sqlite
 from tests.store_fixtures import goal, live, make_game, open_store, wait_for
 

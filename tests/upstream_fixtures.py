@@ -11,10 +11,11 @@ from typing import Any
 
 import aiohttp
 
+from btsguru.backoff import Backoff
 from btsguru.clock import Clock, SystemClock
 from btsguru.config import Config
 from btsguru.store.redis import RedisStores, open_redis
-from btsguru.upstream import Backoff, CircuitBreaker, QuotaGovernor, UpstreamClient
+from btsguru.upstream import CircuitBreaker, QuotaGovernor, UpstreamClient
 
 
 def with_quota(config: Config, *, day: int = 7500, minute: int = 300) -> Config:

@@ -50,6 +50,7 @@ from btsguru.auth.ratelimit import RETURN_INTERVAL_S, RateDecision, RateLimiter,
 from btsguru.auth.tiers import TierLimits, TierService
 from btsguru.auth.usage import FLUSH_INTERVAL_S, ROLLUP_INTERVAL_S, DayUsage, UsageService
 from btsguru.auth.watch import AccessWatch
+from btsguru.backoff import Backoff, every
 from btsguru.clock import Clock
 from btsguru.config import Config
 from btsguru.db.runner import DatabaseRunner
@@ -473,7 +474,7 @@ class AccessService:
                      channel=self.invalidation_channel,
                      on_message=lambda m: self._on_message(m["data"]),
                      on_reset=lambda: self._drop(everything=True), listening=self.listening,
-                     backoff_s=lambda failures: _backoff_s(1.0, failures),
+                     backoff=Backoff(1.0, MAX_LOOP_BACKOFF_S),
                      sleep=self._clock.sleep)
 
     # -- background work --
@@ -526,22 +527,8 @@ class AccessService:
 
     async def _every(self, name: str, interval_s: float,
                      work: Callable[[], Awaitable[None]]) -> None:
-        failures = 0
-        while True:
-            await self._clock.sleep(_backoff_s(interval_s, failures))
-            try:
-                await work()
-                failures = 0
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                failures += 1
-                log.warning("%s failed (%d in a row): %s", name, failures, exc,
-                            exc_info=not isinstance(exc, BtsguruError | RedisError | OSError))
-
-
-def _backoff_s(interval_s: float, failures: int) -> float:
-    return float(min(MAX_LOOP_BACKOFF_S, interval_s * 2.0 ** min(failures, 10)))
+        await every(name, interval_s, work, backoff=Backoff(interval_s, MAX_LOOP_BACKOFF_S),
+                    sleep=self._clock.sleep, logger=log)
 
 
 def _put(cache: OrderedDict[str, _V], digest: str, value: _V, limit: int) -> None:

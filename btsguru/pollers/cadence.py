@@ -30,10 +30,10 @@ from dataclasses import dataclass
 from enum import StrEnum
 from types import MappingProxyType
 
+from btsguru.backoff import Backoff
 from btsguru.config import Config
 from btsguru.sports import SPORTS
 from btsguru.sports.base import Game, Phase
-from btsguru.upstream.backoff import Backoff
 from btsguru.upstream.errors import HOST_FAILURE_KINDS, CircuitOpen, FetchError, QuotaExhausted
 
 DAY_S = 86_400.0

@@ -24,6 +24,7 @@ from typing import Protocol
 from redis.exceptions import RedisError
 
 from btsguru import metrics
+from btsguru.backoff import Backoff, every
 from btsguru.clock import Clock
 from btsguru.errors import BtsguruError
 from btsguru.lifecycle import cancel_tasks
@@ -31,7 +32,6 @@ from btsguru.pollers.cadence import delay_after_failure
 from btsguru.pollers.lease import Leases
 from btsguru.pollers.state import PollerState
 from btsguru.store.series import SeriesRecorder
-from btsguru.upstream.backoff import Backoff
 from btsguru.upstream.errors import FetchError
 
 log = logging.getLogger(__name__)
@@ -193,14 +193,10 @@ class Scheduler:
 
     async def _keep_leases(self, leases: Leases) -> None:
         names = self._lease_names()
-        while True:
-            await self._clock.sleep(leases.renew_s)
-            try:
-                await leases.refresh(names)
-            except asyncio.CancelledError:
-                raise
-            except Exception:  # a loop survives a bad iteration; refresh logs Redis errors
-                log.exception("lease keeper: refresh failed")
+        # a failed refresh is tried again sooner than the next renewal, never later
+        await every("lease keeper", leases.renew_s, lambda: leases.refresh(names),
+                    backoff=Backoff(leases.renew_s / 4, leases.renew_s),
+                    sleep=self._clock.sleep, logger=log)
 
     async def _loop(self, name: str, task: Task) -> None:
         failures = await self._initial_failures(task)

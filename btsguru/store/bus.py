@@ -44,10 +44,10 @@ from redis.asyncio.client import PubSub
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
+from btsguru.backoff import Backoff, Failures
 from btsguru.lifecycle import cancel_tasks
 from btsguru.store.redis import Keys
 from btsguru.store.typed import aclose_pubsub
-from btsguru.upstream.backoff import Backoff
 
 log = logging.getLogger(__name__)
 
@@ -287,7 +287,8 @@ class RedisBus:
         return self._pubsub
 
     async def _read_forever(self) -> None:
-        failures = 0
+        failures = Failures("bus: Redis pub/sub connection (resubscribing)", self._backoff,
+                            logger=log)
         while not self._closed:
             pubsub = self._pubsub
             try:
@@ -298,7 +299,7 @@ class RedisBus:
                     await asyncio.sleep(IDLE_WAIT_S)  # nothing subscribed yet (or any more)
                     continue
                 message = await pubsub.get_message(timeout=READ_TIMEOUT_S)
-                failures = 0
+                failures.succeeded()
                 if self._gap:
                     self._gap = False
                     self._announce_reconnect()
@@ -307,12 +308,8 @@ class RedisBus:
             except asyncio.CancelledError:
                 raise
             except (RedisError, OSError) as exc:
-                failures += 1
                 self._gap = True
-                delay_s = self._backoff.compute(failures)
-                log.warning("bus: Redis pub/sub connection lost (%d in a row): %s; "
-                            "resubscribing in %.1f s", failures, exc, delay_s)
-                await asyncio.sleep(delay_s)
+                await asyncio.sleep(failures.failed(exc))
                 await self._resubscribe()
             except Exception:
                 log.exception("bus: a message could not be delivered")

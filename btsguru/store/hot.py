@@ -36,11 +36,11 @@ from typing import Any, Generic, TypeVar
 import orjson
 from redis.exceptions import RedisError
 
+from btsguru.backoff import Backoff
 from btsguru.clock import Clock
 from btsguru.lifecycle import cancel_tasks
 from btsguru.store.pubsub import listen
 from btsguru.store.redis import Keys, RedisStores
-from btsguru.upstream.backoff import Backoff
 
 log = logging.getLogger(__name__)
 
@@ -216,5 +216,5 @@ class HotCache:
     async def _listen(self) -> None:
         await listen(self._redis, what="hot-cache listener", channel=self.channel,
                      on_message=lambda m: self._on_message(m["data"]), on_reset=self.clear,
-                     listening=self.listening, backoff_s=self._backoff.compute,
+                     listening=self.listening, backoff=self._backoff,
                      sleep=self._clock.sleep)

@@ -21,8 +21,8 @@ from collections.abc import Awaitable, Callable
 from typing import Any, NoReturn
 
 import redis.asyncio as aioredis
-from redis.exceptions import RedisError
 
+from btsguru.backoff import Backoff, Failures
 from btsguru.store.typed import aclose_pubsub
 
 log = logging.getLogger(__name__)
@@ -32,16 +32,17 @@ CLOSE_TIMEOUT_S = 5.0  # a pub/sub cancelled mid-connect can leave its close wai
 
 
 async def listen(redis: aioredis.Redis, *, what: str, on_message: Callable[[dict[str, Any]], None],
-                 listening: asyncio.Event, backoff_s: Callable[[int], float],
+                 listening: asyncio.Event, backoff: Backoff,
                  sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
                  channel: str | None = None, pattern: str | None = None,
                  on_reset: Callable[[], None] | None = None,
                  read_timeout_s: float | None = None) -> NoReturn:
     """Follow `channel` (or `pattern`) until cancelled; see the module docstring.
-    `backoff_s(n)` is the wait after the n-th failure in a row."""
+    `backoff` spaces the tries after failures in a row."""
     if (channel is None) == (pattern is None):
         raise ValueError("listen: one channel or one pattern")
-    failures = 0
+    failures = Failures(what, backoff, logger=log)
+    delay_s = 0.0
     while True:
         pubsub = redis.pubsub()
         try:
@@ -53,7 +54,7 @@ async def listen(redis: aioredis.Redis, *, what: str, on_message: Callable[[dict
             if on_reset is not None:
                 on_reset()
             listening.set()
-            failures = 0
+            failures.succeeded()
             while True:
                 message = await pubsub.get_message(ignore_subscribe_messages=True,
                                                    timeout=read_timeout_s)
@@ -66,13 +67,11 @@ async def listen(redis: aioredis.Redis, *, what: str, on_message: Callable[[dict
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            failures += 1
-            log.warning("%s failed (%d in a row): %s", what, failures, exc,
-                        exc_info=not isinstance(exc, RedisError | OSError | TimeoutError))
+            delay_s = failures.failed(exc)
         finally:
             listening.clear()
             if on_reset is not None:
                 on_reset()
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(aclose_pubsub(pubsub), CLOSE_TIMEOUT_S)
-        await sleep(backoff_s(failures))
+        await sleep(delay_s)

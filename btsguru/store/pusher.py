@@ -41,10 +41,10 @@ import orjson
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
+from btsguru.backoff import Backoff, every
 from btsguru.lifecycle import cancel_tasks
 from btsguru.store.pubsub import listen
 from btsguru.store.redis import Keys
-from btsguru.upstream.backoff import Backoff
 
 log = logging.getLogger(__name__)
 
@@ -186,19 +186,12 @@ class PusherState:
                 await pipe.execute()
 
     async def _heartbeat_forever(self) -> None:
-        failures = 0
-        backoff = Backoff(1.0, HEARTBEAT_S)
-        while True:
-            try:
-                await self.heartbeat()
-                await self.reap()
-                failures = 0
-            except asyncio.CancelledError:
-                raise
-            except (RedisError, OSError) as exc:
-                failures += 1
-                log.warning("pusher: heartbeat failed (%d in a row): %s", failures, exc)
-            await asyncio.sleep(HEARTBEAT_S if not failures else backoff.compute(failures))
+        async def beat() -> None:
+            await self.heartbeat()
+            await self.reap()
+
+        await every("pusher: heartbeat", HEARTBEAT_S, beat, first_wait_s=0,
+                    backoff=Backoff(1.0, HEARTBEAT_S), logger=log)
 
     async def heartbeat(self) -> None:
         """Prove this process alive; when its key had lapsed (a Redis outage) others may
@@ -273,7 +266,7 @@ class PusherState:
             .replace("?", "\\?").replace("[", "\\[") + "*"
         await listen(self._redis, what="pusher: app bus listener", pattern=pattern,
                      on_message=lambda m: self._dispatch(_text(m["channel"]), m["data"]),
-                     listening=self.listening, backoff_s=Backoff(0.1, 5.0).compute,
+                     listening=self.listening, backoff=Backoff(0.1, 5.0),
                      read_timeout_s=READ_TIMEOUT_S)
 
     # -- occupancy --
@@ -373,19 +366,8 @@ class PusherState:
         return len(moved)
 
     async def _save_positions_forever(self) -> None:
-        failures = 0
-        backoff = Backoff(1.0, 10.0)
-        while True:
-            await asyncio.sleep(POSITION_FLUSH_S if not failures else backoff.compute(failures))
-            try:
-                await self.flush_positions()
-                failures = 0
-            except asyncio.CancelledError:
-                raise
-            except (RedisError, OSError) as exc:
-                failures += 1
-                log.warning("pusher: saving resume positions failed (%d in a row): %s",
-                            failures, exc)
+        await every("pusher: saving resume positions", POSITION_FLUSH_S, self.flush_positions,
+                    backoff=Backoff(1.0, 10.0), logger=log)
 
     async def position(self, user_id: int, channel: str) -> str | None:
         raw = await self._redis.get(self._keys.key("pusher", "pos", user_id, channel))

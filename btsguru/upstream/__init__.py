@@ -2,10 +2,9 @@
 
 `UpstreamClient.fetch` is the only way to ask the upstream; `QuotaGovernor` keeps every
 process within each sport host's daily and per-minute budget; `CircuitBreaker` stops
-asking a failing host; `Backoff` spaces retries.
+asking a failing host (retries are spaced by `btsguru.backoff.Backoff`).
 """
 
-from btsguru.upstream.backoff import Backoff
 from btsguru.upstream.breaker import BreakerState, CircuitBreaker
 from btsguru.upstream.client import (
     UpstreamClient,
@@ -33,7 +32,6 @@ from btsguru.upstream.quota import (
 )
 
 __all__ = [
-    "Backoff",
     "BreakerState",
     "CircuitBreaker",
     "CircuitOpen",

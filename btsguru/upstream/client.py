@@ -33,13 +33,13 @@ import orjson
 from redis.exceptions import RedisError
 
 from btsguru import metrics
+from btsguru.backoff import Backoff
 from btsguru.clock import Clock
 from btsguru.config import Config
 from btsguru.errors import BadRequest, Unavailable
 from btsguru.sports import SPORTS
 from btsguru.store.redis import RedisStores
 from btsguru.store.series import SeriesRecorder
-from btsguru.upstream.backoff import Backoff
 from btsguru.upstream.breaker import CircuitBreaker
 from btsguru.upstream.errors import (
     HOST_FAILURE_KINDS,
