@@ -11,8 +11,9 @@ import weakref
 import pytest
 from tornado.iostream import IOStream, StreamClosedError
 
-from btsguru.realtime.hub import GC_FREEZE_AFTER, Hub
+from btsguru.realtime.hub import Hub
 from btsguru.realtime.sockets import chunk, send_now, slim_stream, stream_for_streaming
+from btsguru.realtime.upkeep import GC_FREEZE_AFTER
 from btsguru.store.bus import InMemoryBus
 
 
@@ -97,32 +98,33 @@ def _open_connection() -> tuple[list[_Cycle], weakref.ref[_Cycle]]:
 async def test_the_hub_freezes_settled_connections_and_collects_those_that_left():
     gc.unfreeze()  # whatever an earlier test left frozen
     hub = Hub(InMemoryBus(), None, None, None, ["football"])  # type: ignore[arg-type]
+    freezer = hub.upkeep.gc
     try:
         gc.disable()  # only the hub collects here
-        hub._gc_joined = GC_FREEZE_AFTER  # as if admitted during the last tick...
-        hub._manage_gc()
+        freezer.joined = GC_FREEZE_AFTER  # as if admitted during the last tick...
+        freezer.tick()
         assert gc.get_freeze_count() == 0  # ...not settled yet
         held, gone = _open_connection()
-        hub._manage_gc()  # a tick with no new connection: settled
+        freezer.tick()  # a tick with no new connection: settled
         assert gc.get_freeze_count() > 0
         held.clear()  # the connection closes
         gc.collect()
         assert gone() is not None  # frozen: ordinary collections skip it
         # churn: connections left, new ones settled; the next freeze collects first
-        hub._gc_left, hub._gc_joined = 1, GC_FREEZE_AFTER
-        hub._manage_gc()
-        hub._manage_gc()
+        freezer.left, freezer.joined = 1, GC_FREEZE_AFTER
+        freezer.tick()
+        freezer.tick()
         assert gone() is None
         assert gc.get_freeze_count() > 0
         # no churn: a quarter of the frozen connections gone is enough
         held, gone = _open_connection()
         gc.freeze()
         held.clear()
-        hub._gc_frozen, hub._gc_left = 100, 24
-        hub._manage_gc()
+        freezer.frozen, freezer.left = 100, 24
+        freezer.tick()
         assert gone() is not None
-        hub._gc_left = 25
-        hub._manage_gc()
+        freezer.left = 25
+        freezer.tick()
         assert gone() is None
         assert gc.get_freeze_count() > 0
     finally:

@@ -8,6 +8,7 @@ import json
 import pytest
 
 from btsguru.handlers.ws import deflate_wbits
+from btsguru.realtime.catchup import SharedReads
 from btsguru.realtime.cursor import (
     Cursor,
     InvalidCursor,
@@ -15,7 +16,6 @@ from btsguru.realtime.cursor import (
     parse_cursor,
 )
 from btsguru.realtime.frames import event_json, sse_data, sse_event, ws_frame
-from btsguru.realtime.hub import SharedReads
 from btsguru.sports import SPORTS
 
 

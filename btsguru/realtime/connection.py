@@ -1,6 +1,7 @@
 """One client connection as the hub sees it: its subscriptions, a bounded send queue and
-the slow-consumer policy. Transports (`handlers.ws`, `handlers.sse`) subclass
-`Connection` and supply the socket writes and the wire format.
+the slow-consumer policy. Transports (`handlers.ws`, `handlers.sse`, and through
+`realtime.pusher_socket` `handlers.pusher`) subclass `Connection` and supply the socket
+writes and the wire format.
 
 Where it sits: hub -> **connection** -> the socket.
 
@@ -15,7 +16,7 @@ resume):
 - the queue overflowing makes the connection *lag*: the queued events are dropped and
   the games they were about are remembered, as are the games of every event that
   arrives while it lags; once the socket has drained, the hub sends a fresh
-  `game.snapshot` of each of those games (`Hub.recover`) and the connection continues
+  `game.snapshot` of each of those games (`CatchUp.recover`) and the connection continues
   live. A client sees the snapshot's `seq` and the next event's `seq + 1`: no gap.
 - a *hopeless* one is closed with 4010 (reconnect and resume from the history): one
   that lagged `MAX_LAGS` times within `LAG_WINDOW_S`, one whose socket took no bytes
@@ -40,7 +41,8 @@ from btsguru.auth.access import Principal
 from btsguru.errors import BtsguruError, Forbidden, RateLimited
 from btsguru.realtime.channels import Channel
 from btsguru.realtime.cursor import StreamPos
-from btsguru.store.bus import BusEvent
+from btsguru.store.bus import BusEvent, parse_channel
+from btsguru.store.history import parse_stream_id
 
 if TYPE_CHECKING:
     from asyncio import Future
@@ -142,6 +144,17 @@ class EventFacts:
         data = event.data
         seq = data.get("seq") if isinstance(data, dict) else None
         return seq if isinstance(seq, int) else None
+
+
+def event_facts(event: BusEvent) -> EventFacts | None:
+    """The facts of a bus event, or None (logged) for one whose id or channel is not
+    the bus's: it is delivered to nobody."""
+    try:
+        sport, _league, game_id = parse_channel(event.channel)
+        return EventFacts(parse_stream_id(event.id), sport, game_id)
+    except ValueError:
+        log.warning("hub: ignoring event %r on channel %r", event.id, event.channel)
+        return None
 
 
 @dataclass(slots=True)

@@ -1,7 +1,8 @@
 """The Pusher Channels protocol (version 7), its pure parts: signatures, channel name
 rules, frames and the checks on client messages (`protocols/PUSHER.md`).
 
-Where it sits: beside the hub; `handlers.pusher` (the WebSocket endpoint) and
+Where it sits: beside the hub; `realtime.pusher_channels` (the channel rules),
+`realtime.pusher_socket`, `handlers.pusher` (the WebSocket endpoint) and
 `handlers.pusher_http` (channel authorization and the HTTP API) call these. No I/O here.
 
 Signatures are HMAC-SHA256 in lowercase hex, compared in constant time
