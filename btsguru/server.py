@@ -23,7 +23,6 @@ import sys
 import time
 from collections.abc import Awaitable, Callable
 
-import orjson
 import tornado.httpserver
 import tornado.iostream
 import tornado.netutil
@@ -34,6 +33,8 @@ from tornado.http1connection import HTTP1Connection
 from btsguru import metrics
 from btsguru.app import Services, make_app, open_services
 from btsguru.config import Config
+from btsguru.errors import BtsguruError, HeaderFieldsTooLarge, PayloadTooLarge, UriTooLong
+from btsguru.handlers.base import render_error
 
 log = logging.getLogger(__name__)
 
@@ -156,29 +157,30 @@ class RequestLimits(httputil.HTTPMessageDelegate):
         return self._refuse(self.connection, *refusal)
 
     def _refusal(self, start_line: httputil.RequestStartLine, headers: httputil.HTTPHeaders,
-                 ) -> tuple[int, str, str, str] | None:
-        """(status, reason, code, message) when the request is over a limit."""
+                 ) -> tuple[str, BtsguruError] | None:
+        """(reason phrase, error) when the request is over a limit."""
         limit = self.max_header_bytes
         if len(start_line.path) > limit:
-            return 414, "URI Too Long", "uri_too_long", f"the URI is over {limit} bytes"
+            return "URI Too Long", UriTooLong(f"the URI is over {limit} bytes")
         size = len(start_line.method) + len(start_line.path) + len(start_line.version) + 4
         size += sum(len(name) + len(value) + 4 for name, value in headers.get_all())
         if size > limit:
-            return (431, "Request Header Fields Too Large", "header_fields_too_large",
-                    f"the request line and headers are over {limit} bytes")
+            return ("Request Header Fields Too Large",
+                    HeaderFieldsTooLarge(f"the request line and headers are over {limit} bytes"))
         declared = headers.get("Content-Length", "0").strip()
         if declared.isdigit() and int(declared) > self.max_body_bytes:
-            return (413, "Payload Too Large", "payload_too_large",
-                    f"the body is over {self.max_body_bytes} bytes")
+            return ("Payload Too Large",
+                    PayloadTooLarge(f"the body is over {self.max_body_bytes} bytes"))
         return None
 
-    async def _refuse(self, connection: HTTP1Connection, status: int, reason: str, code: str,
-                      message: str) -> None:
+    async def _refuse(self, connection: HTTP1Connection, reason: str,
+                      error: BtsguruError) -> None:
         """Write the answer on the stream, taken from HTTP processing (nothing more of
         this connection is read), then close it."""
-        log.debug("refused a request from %s: %d %s", connection.context, status, code)
+        status = error.status
+        log.debug("refused a request from %s: %d %s", connection.context, status, error.code)
         metrics.http_series("RequestLimits", str(status))[0].inc()
-        body = orjson.dumps({"error": {"code": code, "message": message}})
+        body = render_error(status, error, reason=reason).body
         head = (f"HTTP/1.1 {status} {reason}\r\nContent-Type: application/json\r\n"
                 f"Content-Length: {len(body)}\r\nCache-Control: no-store\r\n"
                 "Connection: close\r\n\r\n").encode()

@@ -1,5 +1,6 @@
-"""The base of every `/v1` handler: API-key authentication, scope and tier checks, the
-rate limit and its headers, and usage counting; plus `GET /v1/usage`.
+"""The base of every `/v1` handler: the HTTP side of the one admission
+(`AccessService.admit`: key, scope and tier, rate limit, failed-auth and rejection
+records), the rate-limit headers and usage counting; plus `GET /v1/usage`.
 
 A `/v1` handler subclasses `ApiHandler`, declares what it is with class attributes
 (`route_kind` for usage, `required_scope`, `requires_raw`, `accepts_query_key` for the
@@ -11,20 +12,18 @@ since it may stay open for hours and usage must show within 10 s. Only requests 
 passed the rate limit are counted: a 429 spends no quota and so does not show as usage.
 
 The rate-limit headers ride on every response that passed authentication, errors
-included: Tornado's `send_error` clears the headers, so `write_error` sets them again.
+included: Tornado's `send_error` clears the headers, so `write_error` sets them again
+(a 429 carries them on its error, `RateDecision.error`).
 """
 
 from __future__ import annotations
 
 from typing import Any, ClassVar, Protocol
 
-from tornado.httputil import HTTPHeaders
-
-from btsguru import metrics
-from btsguru.auth.access import AccessService, Principal
+from btsguru.auth.access import AccessService, Principal, request_key
 from btsguru.auth.ratelimit import RateDecision
 from btsguru.db.models import ROUTE_KINDS
-from btsguru.errors import BadRequest, Unauthorized
+from btsguru.errors import BadRequest
 from btsguru.handlers.base import JsonHandler
 
 USAGE_DEFAULT_DAYS = 30  # the contract: today and the last 30 days
@@ -47,30 +46,21 @@ class ApiHandler(JsonHandler):
         self._admitted = False
 
     async def prepare(self) -> None:
-        try:
-            principal = await self.access.authenticate(self.api_key())
-        except Unauthorized:
-            self.access.watch.auth_failed(self.request.remote_ip or "unknown")
-            raise
-        self.principal = principal
-        self.access.authorize(principal, self.required_scope, raw=self.requires_raw)
-        self.rate = await self.access.limit(principal)
+        admission = await self.access.admit(
+            self.api_key(), scope=self.required_scope, raw=self.requires_raw,
+            client=self.request.remote_ip)
+        self.principal, self.rate = admission.principal, admission.decision
         self._set_rate_headers()
-        if not self.rate.allowed:
-            metrics.RATE_LIMIT_REJECTIONS.labels(principal.tier.name).inc()
-            raise self.rate.error()
         if self.route_kind == "stream":
-            self.access.record(principal, self.route_kind)
+            self.access.record(admission.principal, self.route_kind)
         else:
             self._admitted = True
 
     def api_key(self) -> str | None:
-        """The key from `X-API-Key`, `Authorization: Bearer`, or (stream endpoints only)
-        the `api_key` query parameter."""
-        key = header_api_key(self.request.headers)
-        if key is None and self.accepts_query_key:
-            return self.get_query_argument("api_key", "").strip() or None
-        return key
+        """The key, in `request_key`'s precedence; the `api_key` query parameter counts
+        on the stream endpoints only."""
+        return request_key(self.request.headers, self.get_query_argument("api_key", None)
+                           if self.accepts_query_key else None)
 
     def _set_rate_headers(self) -> None:
         if self.rate is not None:
@@ -86,17 +76,6 @@ class ApiHandler(JsonHandler):
     def on_finish(self) -> None:
         if self._admitted and self.principal is not None:
             self.access.record(self.principal, self.route_kind, cache_hit=self.cache_hit)
-
-
-def header_api_key(headers: HTTPHeaders) -> str | None:
-    """The key from `X-API-Key` or `Authorization: Bearer`, if any."""
-    header = headers.get("X-API-Key", "").strip()
-    if header:
-        return header
-    scheme, _, token = headers.get("Authorization", "").strip().partition(" ")
-    if scheme.lower() == "bearer" and token.strip():
-        return token.strip()
-    return None
 
 
 class UsageHandler(ApiHandler):

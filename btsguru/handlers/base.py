@@ -5,12 +5,17 @@ Any `BtsguruError` raised becomes the contract's JSON error with its status; a R
 error that no service turned into one (Redis restarting or unreachable) becomes the JSON
 503 `unavailable` with `Retry-After`; anything else becomes a JSON 500 with no detail
 (and one logged traceback) — never an HTML page.
+
+`render_error` is the one place an error becomes an HTTP answer's body and headers: the
+JSON handlers, the WebSocket endpoints (a request that is no handshake) and the server's
+own size limits (`server.RequestLimits`) all render through it.
 """
 
 from __future__ import annotations
 
 import logging
 import secrets
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -20,15 +25,11 @@ from redis.exceptions import RedisError
 from tornado.httputil import HTTPServerRequest
 
 from btsguru import metrics
-from btsguru.errors import BtsguruError, Unavailable
+from btsguru.errors import HTTP_CODES, BtsguruError, Unavailable, error_json
 
 log = logging.getLogger(__name__)
 access_log = logging.getLogger("tornado.access")
 
-# Reasons for the statuses Tornado renders itself (unknown route, wrong method).
-_CODES = {400: "bad_request", 403: "forbidden", 404: "not_found", 405: "method_not_allowed",
-          413: "payload_too_large", 429: "rate_limited", 500: "internal_error",
-          502: "upstream_error", 503: "unavailable"}
 REDIS_RETRY_AFTER_S = 2  # Redis back from a restart answers within seconds
 
 
@@ -36,6 +37,33 @@ def redis_unavailable() -> Unavailable:
     """What a request that hit a Redis error is told (never the error: it names hosts)."""
     return Unavailable("a data store is unreachable; try again shortly",
                        retry_after_s=REDIS_RETRY_AFTER_S)
+
+
+@dataclass(frozen=True)
+class ErrorAnswer:
+    """An error as HTTP: the JSON body and the headers it needs (`Retry-After`, a 429's
+    rate-limit headers); the status is the caller's."""
+
+    body: bytes
+    headers: dict[str, str]
+
+
+def render_error(status_code: int, exc: BaseException | None, *, reason: str,
+                 request_id: str = "") -> ErrorAnswer:
+    """The contract's JSON error for `exc` answered with `status_code`: a `BtsguruError`
+    as it says; a Tornado `HTTPError` under 500 (unknown route, wrong method, no
+    handshake) with its message, or `reason`; anything else a 500 with no detail."""
+    if isinstance(exc, BtsguruError):
+        headers = dict(exc.headers)
+        if exc.retry_after_s is not None:
+            headers["Retry-After"] = str(exc.retry_after_s)
+        return ErrorAnswer(exc.json_body(), headers)
+    if isinstance(exc, tornado.web.HTTPError) and status_code < 500:
+        message = exc.log_message % exc.args if exc.log_message and exc.args \
+            else (exc.log_message or reason)
+        return ErrorAnswer(error_json(HTTP_CODES.get(status_code, "error"), message), {})
+    detail = f" (request id {request_id})" if request_id else ""
+    return ErrorAnswer(error_json("internal_error", f"internal error{detail}"), {})
 
 
 class JsonHandler(tornado.web.RequestHandler):
@@ -56,20 +84,13 @@ class JsonHandler(tornado.web.RequestHandler):
 
     def write_error(self, status_code: int, **kwargs: Any) -> None:
         exc = kwargs.get("exc_info", (None, None, None))[1]
-        if isinstance(exc, BtsguruError):
-            if exc.retry_after_s is not None:
-                self.set_header("Retry-After", str(exc.retry_after_s))
-            body = exc.to_json()
-        elif isinstance(exc, tornado.web.HTTPError) and status_code < 500:
-            message = exc.log_message % exc.args if exc.log_message and exc.args \
-                else (exc.log_message or self._reason)
-            body = {"error": {"code": _CODES.get(status_code, "error"), "message": message}}
-        else:
-            body = {"error": {"code": "internal_error",
-                              "message": f"internal error (request id {self.request_id})"}}
+        answer = render_error(status_code, exc, reason=self._reason,
+                              request_id=self.request_id)
+        for name, value in answer.headers.items():
+            self.set_header(name, value)
         self.clear_header("Content-Disposition")
         self.set_header("Content-Type", "application/json")
-        self.finish(orjson.dumps(body))
+        self.finish(answer.body)
 
     def send_error(self, status_code: int = 500, **kwargs: Any) -> None:
         exc = kwargs.get("exc_info", (None, None, None))[1]
@@ -109,9 +130,7 @@ def log_answer(name: str, status: int, request: HTTPServerRequest, request_id: s
                timed: bool = True) -> None:
     """`log_request` for an answer given by `name` (a handler, or the hot path)."""
     requests, latency = metrics.http_series(name, str(status))
-    requests.inc()
-    if status == 401:
-        metrics.AUTH_FAILURES.inc()
+    requests.inc()  # (a refused key is counted by the admission, `auth.access`)
     if timed:
         latency.observe(request.request_time())
     level = logging.ERROR if status == 500 else logging.DEBUG

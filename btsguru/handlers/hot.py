@@ -31,9 +31,8 @@ import tornado
 import tornado.web
 from tornado import httputil
 
-from btsguru.auth.access import AccessService, Principal
+from btsguru.auth.access import AccessService, Principal, request_key
 from btsguru.errors import BtsguruError
-from btsguru.handlers.api import header_api_key
 from btsguru.handlers.base import log_answer
 from btsguru.handlers.raw import RAW_ROUTE
 from btsguru.handlers.rest import SportsView
@@ -78,16 +77,14 @@ class HotPath:
         rendered = self._view.peek_live(match["sport"])
         if rendered is None:
             return None
-        principal = self._admitted(request, "rest", raw=False)
-        if principal is None:
-            return None
-        decision = self._access.limit_local(principal)
-        if decision is None:
+        admission = self._access.admit_local(request_key(request.headers), scope="rest")
+        if admission is None:
             return None
         body, etag = rendered
-        headers = self._headers("no-store", decision.headers())
+        headers = self._headers("no-store", admission.decision.headers())
         headers["Etag"] = etag
-        return _Answer(request, headers, body, "LiveHandler", principal, "live", self._access)
+        return _Answer(request, headers, body, "LiveHandler", admission.principal, "live",
+                       self._access)
 
     def _raw(self, request: httputil.HTTPServerRequest) -> _Answer | None:
         match = _RAW.fullmatch(request.path)
@@ -106,28 +103,17 @@ class HotPath:
         answer = self._proxy.peek(sport, endpoint, params)
         if answer is None:
             return None
-        principal = self._admitted(request, "raw", raw=True)
-        if principal is None:
-            return None
-        decision = self._access.limit_local(principal)
-        if decision is None:
+        admission = self._access.admit_local(request_key(request.headers), scope="raw",
+                                             raw=True)
+        if admission is None:
             return None
         self._proxy.count_hit()
-        headers = self._headers(f"max-age={answer.max_age_s}", decision.headers())
+        headers = self._headers(f"max-age={answer.max_age_s}", admission.decision.headers())
         headers["X-Cache"] = answer.state.value
         headers["Age"] = str(answer.age_s)
         headers["Etag"] = answer.etag
-        return _Answer(request, headers, answer.body, "RawHandler", principal, "raw",
+        return _Answer(request, headers, answer.body, "RawHandler", admission.principal, "raw",
                        self._access, cache_hit=True)
-
-    def _admitted(self, request: httputil.HTTPServerRequest, scope: str, *,
-                  raw: bool) -> Principal | None:
-        key = header_api_key(request.headers)
-        principal = self._access.cached_principal(key) if key else None
-        if principal is None or scope not in principal.scopes or \
-                (raw and not principal.tier.raw_proxy):
-            return None
-        return principal
 
     def _headers(self, cache_control: str, rate: dict[str, str]) -> httputil.HTTPHeaders:
         now = int(time.time())

@@ -6,7 +6,10 @@ Client -> server (JSON text frames): `{"op": "subscribe", "channels": [...], "si
 Server -> client: `{"op": "subscribed", "channel", "recovered"}`, `{"op": "pong"}`,
 `{"op": "error", "code", "message"}` and events `{"id", "channel", "event", "data"}`.
 
-Errors become close codes in one place (`BtsguruError.ws_close_code`): 4001 bad key,
+Admission is the one every transport passes (`AccessService.admit`, with the key taken
+by `request_key`: a header first, then `?api_key=`), so a refused key is recorded as a
+failed authentication and a rate-limit refusal counted, as on REST. Errors become close
+codes in one place (`BtsguruError.ws_close_code`): 4001 bad key,
 4003 invalid or forbidden channel, 4008 too many connections, 4009 too many
 subscriptions, 4029 too many client messages, 4010 too slow, 1012 restarting; Tornado
 itself closes with 1009 a client frame over `MAX_CLIENT_FRAME_BYTES`. Invalid JSON and
@@ -49,9 +52,9 @@ import tornado.web
 import tornado.websocket
 from tornado.iostream import StreamClosedError
 
-from btsguru.auth.access import AccessService, Principal
+from btsguru.auth.access import AccessService, Principal, request_key
 from btsguru.errors import BadRequest, BtsguruError, RateLimited
-from btsguru.handlers.base import _CODES as ERROR_CODES
+from btsguru.handlers.base import render_error
 from btsguru.realtime.channels import Channel, parse_channel
 from btsguru.realtime.connection import Connection, EventFacts
 from btsguru.realtime.cursor import Cursor, parse_cursor
@@ -265,24 +268,14 @@ class WebSocketHandler(tornado.websocket.WebSocketHandler):
         await super().get(*args, **kwargs)
 
     def write_error(self, status_code: int, **kwargs: Any) -> None:
-        exc = kwargs.get("exc_info", (None, None, None))[1]
-        message = exc.log_message if isinstance(exc, tornado.web.HTTPError) and \
-            exc.log_message and status_code < 500 else self._reason
+        answer = render_error(status_code, kwargs.get("exc_info", (None, None, None))[1],
+                              reason=self._reason)
+        for name, value in answer.headers.items():
+            self.set_header(name, value)
         self.set_header("Content-Type", "application/json")
-        self.finish(orjson.dumps({"error": {"code": ERROR_CODES.get(status_code, "error"),
-                                            "message": message}}))
+        self.finish(answer.body)
 
     # -- the connection --
-
-    def _api_key(self) -> str | None:
-        key = self.get_query_argument("api_key", "").strip()
-        if key:
-            return key
-        header = self.request.headers.get("X-API-Key", "").strip()
-        if header:
-            return header
-        scheme, _, token = self.request.headers.get("Authorization", "").partition(" ")
-        return token.strip() or None if scheme.lower() == "bearer" else None
 
     async def open(self, *args: str, **kwargs: str) -> None:
         if self.ws_connection is not None and hasattr(self.ws_connection, "_compressor"):
@@ -290,7 +283,9 @@ class WebSocketHandler(tornado.websocket.WebSocketHandler):
         self.deflate_wbits = deflate_wbits(self.request.headers.get("Sec-WebSocket-Extensions",
                                                                     ""))
         try:
-            admission = await self.access.admit(self._api_key(), scope="stream")
+            admission = await self.access.admit(
+                request_key(self.request.headers, self.get_query_argument("api_key", None)),
+                scope="stream", client=self.request.remote_ip)
             conn = WsConnection(
                 self, admission.principal, self.deflate_wbits,
                 float(self.settings.get("websocket_ping_interval", PING_INTERVAL_S)),
