@@ -37,7 +37,6 @@ from btsguru import metrics
 from btsguru.auth.watch import AccessWatch, minute_of
 from btsguru.backoff import Backoff
 from btsguru.clock import Clock
-from btsguru.console.ops import AlertRow
 from btsguru.lifecycle import cancel_tasks
 from btsguru.pollers.lease import Leases
 from btsguru.store.redis import RedisStores
@@ -77,6 +76,15 @@ class Alert:
     severity: Severity
     message: str
     subject: str = ""
+
+
+@dataclass(frozen=True)
+class AlertRow:
+    """One line of the ops console's recent alerts (`AlertStore.rows`)."""
+
+    at: datetime  # aware UTC
+    level: str
+    message: str
 
 
 @dataclass(frozen=True)

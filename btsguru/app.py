@@ -3,7 +3,10 @@
 
 `open_services` opens resources in an `AsyncExitStack` and pushes each close at once, so
 shutdown unwinds in the reverse order (Zulip's Tornado server); `make_app` is the one
-routing table, used by `serve`, `demo` and the tests alike.
+routing table, used by `serve`, `demo` and the tests alike. It also builds the views
+that hold no resource of their own: the one `SportsView` (REST and the hot path share
+it), the console's services and the `/metrics` scrape-time gauges. Nothing else in the
+package builds a service, and no handler or collector is given the whole `Services`.
 """
 
 from __future__ import annotations
@@ -26,15 +29,23 @@ from btsguru.auth.tiers import TierService
 from btsguru.auth.users import UserService
 from btsguru.clock import Clock, SystemClock
 from btsguru.config import Config, mask_url
+from btsguru.console.directory import UserDirectory
+from btsguru.console.ops import OpsReporter
+from btsguru.console.sessions import SessionStore
+from btsguru.console.streams import StreamCounts
+from btsguru.console.throttle import LoginThrottle
+from btsguru.console.timeline import OpsTimeline
+from btsguru.console.usage import UsageReporter
 from btsguru.db import connect_database
 from btsguru.db.runner import DatabaseRunner
 from btsguru.handlers.api import api_routes
 from btsguru.handlers.base import NotFoundHandler, log_request
-from btsguru.handlers.console import console_routes
+from btsguru.handlers.console import ConsoleServices, console_routes
+from btsguru.handlers.console_base import ConsoleContext, ConsolePages
 from btsguru.handlers.docs import DocsHandler, OpenApiHandler
 from btsguru.handlers.health import HealthHandler, ReadyHandler
 from btsguru.handlers.hot import HotPath, HotPathApplication
-from btsguru.handlers.metrics import MetricsHandler
+from btsguru.handlers.metrics import MetricsHandler, StateGauges
 from btsguru.handlers.pusher import PusherHandler
 from btsguru.handlers.pusher_http import pusher_http_routes
 from btsguru.handlers.raw import RAW_ROUTE, RawHandler
@@ -178,16 +189,45 @@ async def open_services(config: Config, clock: Clock | None = None) -> AsyncIter
                        series=series)
 
 
+def console_services(s: Services) -> ConsoleServices:
+    """The console's own services (sessions, login throttle, usage and ops reports): views
+    over Redis and the database, built here like every other service."""
+    ctx = ConsoleContext(ConsolePages(TEMPLATES), SessionStore(s.redis, s.clock), s.users)
+    streams = StreamCounts(s.redis.reverb, s.redis.keys, process_id=s.hub.slots.process_id,
+                           local=s.hub)
+    return ConsoleServices(
+        ctx=ctx, throttle=LoginThrottle(s.redis),
+        usage=UsageReporter(s.access, s.tiers, s.redis, s.db, s.clock, streams),
+        ops=OpsReporter(s.config.sports, s.quota, s.cache.counters, s.clock,
+                        pollers=s.poller_state, streams=streams.rows,
+                        alerts=s.alerts.store.rows),
+        timeline=OpsTimeline(SeriesStore(s.redis), s.quota, s.config.sports, s.clock),
+        directory=UserDirectory(s.db), keys=s.keys, access=s.access, tiers=s.tiers,
+        games=s.games, hub=s.hub, sports=s.config.sports, app_key=s.config.reverb_app_key)
+
+
+def state_gauges(s: Services) -> StateGauges:
+    """What `/metrics` refreshes at scrape time, from the few services that keep it."""
+    return StateGauges(
+        s.config.sports, s.clock, redis_ping=s.redis.ping, database_ping=s.db.ping,
+        breaker_state=s.upstream.breaker.state, quota=s.quota, pollers=s.poller_state,
+        connections=lambda: list(s.hub.connections.values()))
+
+
 def make_app(s: Services, **settings: Any) -> tornado.web.Application:
     """The routing table of the whole server."""
+    # one view for `/v1/sports`, `/v1/{sport}/live` and the hot path's cached live lists
+    sports_view = SportsView(s.games, s.poller_state, s.clock, s.hot)
     routes: list[Any] = [
         # the hottest routes first: Tornado tries each pattern in order, on every request
         (RAW_ROUTE, RawHandler, {"access": s.access, "proxy": s.proxy,
                                  "sports": s.config.sports}),
-        *rest_routes(s),
+        *rest_routes(access=s.access, sports=s.config.sports, view=sports_view,
+                     games=s.games, standings=s.standings, clock=s.clock),
         (r"/healthz", HealthHandler),
         (r"/readyz", ReadyHandler, {"redis": s.redis, "db": s.db}),
-        (r"/metrics", MetricsHandler, {"services": s}),
+        (r"/metrics", MetricsHandler, {"gauges": state_gauges(s),
+                                       "token": s.config.metrics_token}),
         (r"/openapi.json", OpenApiHandler),
         (r"/docs", DocsHandler),
         *api_routes(s),
@@ -196,10 +236,9 @@ def make_app(s: Services, **settings: Any) -> tornado.web.Application:
         (r"(?:/[^/]+)*/app/(?P<key>[^/]+)", PusherHandler,
          {"hub": s.hub, "state": s.pusher, "config": s.config}),
         *pusher_http_routes(s.hub, s.pusher, s.history, s.config, s.access),
-        *console_routes(s, TEMPLATES),
+        *console_routes(console_services(s)),
     ]
-    hot_path = HotPath(s.access, s.proxy, SportsView(s.games, s.poller_state, s.clock, s.hot),
-                       s.config.sports, s.hot)
+    hot_path = HotPath(s.access, s.proxy, sports_view, s.config.sports, s.hot)
     return HotPathApplication(
         routes,
         hot_path=hot_path,

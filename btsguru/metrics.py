@@ -1,11 +1,12 @@
 """Every Prometheus collector of btsguru, in one place (STYLE.md's one allowed global).
 
-Where it sits: beside the flow. Each stage counts what it does with one call here
-(upstream client, raw proxy, pollers, hub and connections, REST handlers, the rate
-limit); the gauges that describe shared state (quota, data age, live games, task lag,
-connections, send queues, event-loop tasks, the breaker, Redis and the database) are set
-at scrape time by `collect_state`, from the services that already keep that state, so they
-are never stale.
+Where it sits: at the bottom, beside the flow; it imports no other btsguru module. Each
+stage counts what it does with one call here (upstream client, raw proxy, pollers, hub
+and connections, REST handlers, the rate limit); the gauges that describe shared state
+(quota, data age, live games, task lag, connections, send queues, event-loop tasks, the
+breaker, Redis and the database) are only defined here: `handlers.metrics.StateGauges`
+sets them at scrape time, from the services that already keep that state, so they are
+never stale.
 
 Names carry their unit (`_seconds`, `_bytes`, `_total`) and every label has a bounded
 set of values: sports, endpoints of the allow-list, task names, transports, tiers,
@@ -23,12 +24,10 @@ forks workers behind one port, where a scrape reaches one worker: use `btsguru@`
 
 from __future__ import annotations
 
-import asyncio
-import logging
 import time
-from collections.abc import Awaitable, Iterator
+from collections.abc import Iterator
 from functools import lru_cache
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from prometheus_client import (
     CollectorRegistry,
@@ -40,15 +39,7 @@ from prometheus_client import (
 )
 from prometheus_client.core import CounterMetricFamily
 
-if TYPE_CHECKING:
-    from btsguru.app import Services
-
-log = logging.getLogger(__name__)
-
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
-# A scrape must answer well inside Prometheus's default 10 s scrape timeout even when
-# Redis or the database hang.
-STATE_PROBE_TIMEOUT_S = 2.0
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 ProcessCollector(namespace="btsguru", registry=REGISTRY)
@@ -228,59 +219,6 @@ def metric_names() -> set[str]:
         if metric.type == "counter":
             names.add(metric.name + "_total")
     return names
-
-
-async def _probe(check: Awaitable[Any]) -> float:
-    try:
-        await asyncio.wait_for(check, STATE_PROBE_TIMEOUT_S)
-    except Exception:
-        return 0.0
-    return 1.0
-
-
-async def collect_state(s: Services) -> None:
-    """Set the scrape-time gauges from the services' own state. A failing source leaves
-    its gauges as they were (and `btsguru_dependency_up` says why) rather than failing
-    the scrape."""
-    DEPENDENCY_UP.labels("redis").set(await _probe(s.redis.ping()))
-    DEPENDENCY_UP.labels("database").set(await _probe(s.db.ping()))
-    for sport in s.config.sports:
-        CIRCUIT_OPEN.labels(sport).set(0 if s.upstream.breaker.state(sport) == "closed" else 1)
-        try:
-            quota = await asyncio.wait_for(s.quota.snapshot(sport), STATE_PROBE_TIMEOUT_S)
-            tasks = await asyncio.wait_for(s.poller_state.tasks(sport), STATE_PROBE_TIMEOUT_S)
-            poll = await asyncio.wait_for(s.poller_state.state(sport), STATE_PROBE_TIMEOUT_S)
-        except Exception as exc:
-            log.debug("metrics: %s state unavailable: %s", sport, exc)
-            continue
-        QUOTA_REMAINING.labels(sport, "day").set(quota.day_remaining)
-        QUOTA_REMAINING.labels(sport, "minute").set(quota.minute_remaining)
-        QUOTA_LIMIT.labels(sport, "day").set(quota.day_limit)
-        QUOTA_LIMIT.labels(sport, "minute").set(quota.minute_limit)
-        now = s.clock.time()
-        scheduled = 0
-        for task in tasks:
-            if task.next_run is not None:
-                scheduled += 1
-                POLL_TASK_LAG.labels(sport, task.task).set(max(0.0, now - task.next_run))
-            POLL_FAILURES_IN_A_ROW.labels(sport, task.task).set(task.failures)
-        POLL_TASKS_SCHEDULED.labels(sport).set(scheduled)
-        LIVE_GAMES.labels(sport).set(poll.live_games)
-        if poll.data_age_s is not None:
-            DATA_AGE.labels(sport).set(poll.data_age_s)
-    frames: dict[str, int] = {}
-    queued: dict[str, int] = {}
-    open_: dict[str, int] = {}
-    for conn in list(s.hub.connections.values()):
-        kind = conn.kind
-        open_[kind] = open_.get(kind, 0) + 1
-        frames[kind] = frames.get(kind, 0) + conn.queued_frames
-        queued[kind] = queued.get(kind, 0) + conn.queued_bytes
-    for kind in {"ws", "sse", "pusher"} | set(open_):
-        STREAM_CONNECTIONS.labels(kind).set(open_.get(kind, 0))
-        SEND_QUEUE_FRAMES.labels(kind).set(frames.get(kind, 0))
-        SEND_QUEUE_BYTES.labels(kind).set(queued.get(kind, 0))
-    EVENT_LOOP_TASKS.set(len(asyncio.all_tasks()))
 
 
 def render() -> bytes:

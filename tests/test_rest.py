@@ -15,7 +15,7 @@ from btsguru.clock import Clock
 from btsguru.config import Config
 from btsguru.handlers.api import api_routes
 from btsguru.handlers.base import NotFoundHandler
-from btsguru.handlers.rest import rest_routes
+from btsguru.handlers.rest import SportsView, rest_routes
 from btsguru.pollers.state import PollerState, PollerStateReader
 from btsguru.sports.base import Phase
 from btsguru.sports.standings import normalize_standings
@@ -32,7 +32,7 @@ RATE_HEADERS = ("RateLimit-Policy", "RateLimit", "RateLimit-Limit", "RateLimit-R
 
 @dataclass
 class Services:
-    """The fields of `btsguru.app.Services` that `rest_routes` reads."""
+    """The fields of `btsguru.app.Services` that `api_routes` and `rest_routes` read."""
 
     config: Config
     clock: Clock
@@ -63,7 +63,11 @@ def world(test_config, runner, io_loop):
 @pytest.fixture
 def app(world):
     services, _ = world
-    return tornado.web.Application([*api_routes(services), *rest_routes(services)],
+    view = SportsView(services.games, services.poller_state, services.clock, services.hot)
+    routes = rest_routes(access=services.access, sports=services.config.sports, view=view,
+                         games=services.games, standings=services.standings,
+                         clock=services.clock)
+    return tornado.web.Application([*api_routes(services), *routes],
                                    default_handler_class=NotFoundHandler, xsrf_cookies=True)
 
 

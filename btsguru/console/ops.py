@@ -19,6 +19,7 @@ from typing import Generic, Protocol, TypeVar
 
 from redis.exceptions import RedisError
 
+from btsguru.alerts import AlertRow
 from btsguru.clock import Clock
 from btsguru.console.charts import Gauge, gauge
 from btsguru.store.cache import CacheCounters
@@ -40,13 +41,6 @@ class StreamRow:
     process: str
     transport: str
     connections: int
-
-
-@dataclass(frozen=True)
-class AlertRow:
-    at: datetime  # aware UTC
-    level: str
-    message: str
 
 
 @dataclass(frozen=True)

@@ -2,8 +2,9 @@
 usage, watch the live scoreboard.
 
 Beside the flow: thin handlers over `auth` (users, keys, access), `console` (sessions,
-throttle, reports) and the store; `console_routes` gives `btsguru.app.make_app` every
-console route, the operators' pages of `handlers.ops` included. Every form is a real
+throttle, reports) and the store; `btsguru.app` builds those services (`ConsoleServices`)
+and `console_routes` gives `make_app` every console route, the operators' pages of
+`handlers.ops` included, each handler with only the services it uses. Every form is a real
 form that works without JavaScript; with htmx, the body is boosted and a few actions
 (revoke, rotate, the refreshing panels) swap one named block of the same template.
 """
@@ -12,16 +13,18 @@ from __future__ import annotations
 
 import logging
 import math
+from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from btsguru.auth.access import AccessService
 from btsguru.auth.keys import KEY_NAME_MAX, ApiKeyInfo, KeyService
+from btsguru.auth.tiers import TierService
 from btsguru.auth.users import PASSWORD_MIN_LENGTH
-from btsguru.console.sessions import SessionStore
-from btsguru.console.streams import StreamCounts
+from btsguru.console.directory import UserDirectory
+from btsguru.console.ops import OpsReporter
 from btsguru.console.throttle import LoginThrottle
+from btsguru.console.timeline import OpsTimeline
 from btsguru.console.usage import UsageReporter
 from btsguru.errors import BadRequest, Conflict, NotFound
 from btsguru.handlers.console_base import (
@@ -29,15 +32,12 @@ from btsguru.handlers.console_base import (
     ConsoleContext,
     ConsoleHandler,
     ConsoleNotFoundHandler,
-    ConsolePages,
     safe_next,
 )
-from btsguru.handlers.console_live import live_routes
+from btsguru.handlers.console_live import LiveGames, live_routes
 from btsguru.handlers.landing import LandingHandler
 from btsguru.handlers.ops import ops_routes
-
-if TYPE_CHECKING:
-    from btsguru.app import Services
+from btsguru.realtime.hub import Hub
 
 log = logging.getLogger(__name__)
 
@@ -298,31 +298,47 @@ def _sentence(message: str) -> str:
     return (text[:1].upper() + text[1:]).rstrip(".") + "." if text else text
 
 
-def console_routes(s: Services, templates: Path) -> list[Any]:
+@dataclass(frozen=True)
+class ConsoleServices:
+    """What the console's routes hand their handlers, built by `btsguru.app` (the
+    console's own services are views over Redis and the database)."""
+
+    ctx: ConsoleContext
+    throttle: LoginThrottle
+    usage: UsageReporter
+    ops: OpsReporter
+    timeline: OpsTimeline
+    directory: UserDirectory
+    keys: KeyService
+    access: AccessService
+    tiers: TierService
+    games: LiveGames
+    hub: Hub
+    sports: tuple[str, ...]
+    app_key: str
+
+
+def console_routes(c: ConsoleServices) -> list[Any]:
     """Every HTML route — the landing page at `/` and `/console` — for
-    `btsguru.app.make_app` (the console's catch-all 404 last). The
-    console's own services are views over `s` (Redis and the database), built here."""
-    ctx = ConsoleContext(ConsolePages(templates), SessionStore(s.redis, s.clock), s.users)
-    throttle = LoginThrottle(s.redis)
-    streams = StreamCounts(s.redis.reverb, s.redis.keys, process_id=s.hub.slots.process_id,
-                           local=s.hub)
-    usage = UsageReporter(s.access, s.tiers, s.redis, s.db, s.clock, streams)
-    base = {"ctx": ctx}
+    `btsguru.app.make_app` (the console's catch-all 404 last); each handler gets only
+    the services it uses."""
+    base = {"ctx": c.ctx}
     return [
-        (r"/", LandingHandler, {**base, "sports": s.config.sports,
-                                "app_key": s.config.reverb_app_key}),
+        (r"/", LandingHandler, {**base, "sports": c.sports, "app_key": c.app_key}),
         (r"/console/?", RootHandler, base),
-        (r"/console/signup", SignupHandler, {**base, "throttle": throttle}),
-        (r"/console/login", LoginHandler, {**base, "throttle": throttle}),
+        (r"/console/signup", SignupHandler, {**base, "throttle": c.throttle}),
+        (r"/console/login", LoginHandler, {**base, "throttle": c.throttle}),
         (r"/console/logout", LogoutHandler, base),
-        (r"/console/password", PasswordHandler, {**base, "throttle": throttle}),
-        (r"/console/keys", KeysHandler, {**base, "keys": s.keys}),
+        (r"/console/password", PasswordHandler, {**base, "throttle": c.throttle}),
+        (r"/console/keys", KeysHandler, {**base, "keys": c.keys}),
         (rf"/console/keys/{KEY_PREFIX_ROUTE}/revoke", KeyActionHandler,
-         {**base, "keys": s.keys, "access": s.access, "action": "revoke"}),
+         {**base, "keys": c.keys, "access": c.access, "action": "revoke"}),
         (rf"/console/keys/{KEY_PREFIX_ROUTE}/rotate", KeyActionHandler,
-         {**base, "keys": s.keys, "access": s.access, "action": "rotate"}),
-        (r"/console/usage", UsageHandler, {**base, "usage": usage}),
-        *live_routes(s, ctx),
-        *ops_routes(s, ctx, streams),
+         {**base, "keys": c.keys, "access": c.access, "action": "rotate"}),
+        (r"/console/usage", UsageHandler, {**base, "usage": c.usage}),
+        *live_routes(c.ctx, games=c.games, sports=c.sports, access=c.access, hub=c.hub,
+                     tiers=c.tiers),
+        *ops_routes(c.ctx, ops=c.ops, timeline=c.timeline, directory=c.directory,
+                    tiers=c.tiers, access=c.access),
         (r"/console/.*", ConsoleNotFoundHandler, base),
     ]

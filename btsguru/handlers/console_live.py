@@ -11,7 +11,7 @@ rule for every transport), but not as API usage, since no key made a request.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 from btsguru.auth.access import AccessService, Principal
 from btsguru.auth.tiers import TierService
@@ -20,9 +20,6 @@ from btsguru.handlers.console_base import ConsoleContext, ConsoleHandler, sessio
 from btsguru.handlers.sse import StreamHandler
 from btsguru.realtime.hub import Hub
 from btsguru.sports.status_names import STATUS_NAMES
-
-if TYPE_CHECKING:
-    from btsguru.app import Services
 
 STREAM_PATH = "/console/live/stream"
 CONSOLE_KEY_ID = 0  # no API key: the session's stream is the user's, not a key's
@@ -68,10 +65,11 @@ class ConsoleStreamHandler(StreamHandler):
             expires_at=None)
 
 
-def live_routes(s: Services, ctx: ConsoleContext) -> list[Any]:
+def live_routes(ctx: ConsoleContext, *, games: LiveGames, sports: tuple[str, ...],
+                access: AccessService, hub: Hub, tiers: TierService) -> list[Any]:
+    """The scoreboard's routes, for `handlers.console.console_routes`."""
     return [
-        (r"/console/live", LiveHandler, {"ctx": ctx, "games": s.games,
-                                         "sports": s.config.sports}),
-        (STREAM_PATH, ConsoleStreamHandler, {"access": s.access, "hub": s.hub, "ctx": ctx,
-                                              "tiers": s.tiers}),
+        (r"/console/live", LiveHandler, {"ctx": ctx, "games": games, "sports": sports}),
+        (STREAM_PATH, ConsoleStreamHandler, {"access": access, "hub": hub, "ctx": ctx,
+                                              "tiers": tiers}),
     ]

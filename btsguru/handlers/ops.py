@@ -4,7 +4,8 @@ glance and over the last hour or day (`/console/ops`, its charts alone at
 
 Beside the flow: thin handlers over `console.ops.OpsReporter` (which reads what the
 pollers, the quota governor, the cache and the hub keep), `console.timeline.OpsTimeline`
-(the cluster-wide series of `store.series`) and over `auth` for changes.
+(the cluster-wide series of `store.series`) and over `auth` for changes; `btsguru.app`
+builds those services and `ops_routes` hands each handler the ones it uses.
 Every change that affects API keys is announced through `AccessService.invalidate_*`,
 so every process drops the cached principals at once (a disabled user's keys stop
 working immediately, a tier change applies to the next request), and a disabled user's
@@ -15,21 +16,16 @@ non-operator never reaches these handlers' code, let alone their templates.
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from btsguru.auth.access import AccessService
 from btsguru.auth.tiers import TierService
 from btsguru.auth.users import UserInfo
 from btsguru.console.directory import UserDirectory
 from btsguru.console.ops import OpsReporter
-from btsguru.console.streams import StreamCounts
 from btsguru.console.timeline import OpsTimeline, window_named
 from btsguru.errors import BadRequest, NotFound
 from btsguru.handlers.console_base import ConsoleContext, ConsoleHandler
-from btsguru.store.series import SeriesStore
-
-if TYPE_CHECKING:
-    from btsguru.app import Services
 
 log = logging.getLogger(__name__)
 
@@ -181,13 +177,11 @@ def _whole(raw: str) -> int | None:
     return int(text) if text.isdigit() and len(text) <= 12 else None
 
 
-def ops_routes(s: Services, ctx: ConsoleContext, streams: StreamCounts) -> list[Any]:
+def ops_routes(ctx: ConsoleContext, *, ops: OpsReporter, timeline: OpsTimeline,
+               directory: UserDirectory, tiers: TierService,
+               access: AccessService) -> list[Any]:
     """The operators' routes, for `handlers.console.console_routes`."""
-    ops = OpsReporter(s.config.sports, s.quota, s.cache.counters, s.clock,
-                      pollers=s.poller_state, streams=streams.rows, alerts=s.alerts.store.rows)
-    timeline = OpsTimeline(SeriesStore(s.redis), s.quota, s.config.sports, s.clock)
-    users = {"ctx": ctx, "directory": UserDirectory(s.db), "tiers": s.tiers,
-             "access": s.access}
+    users = {"ctx": ctx, "directory": directory, "tiers": tiers, "access": access}
     return [
         (r"/console/ops", OpsHandler, {"ctx": ctx, "ops": ops, "timeline": timeline}),
         (r"/console/ops/charts", OpsChartsHandler, {"ctx": ctx, "timeline": timeline}),

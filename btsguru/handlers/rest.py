@@ -7,7 +7,8 @@ for freshness. Never the upstream: a request is answered from what is stored.
 
 Thin: each handler parses and validates its parameters (a bad one is a JSON 400, an
 unknown sport or game a JSON 404), calls one service and renders. `SportsView` is that
-service for the two routes that combine the stores with the pollers' state.
+service for the two routes that combine the stores with the pollers' state; `btsguru.app`
+builds it once and hands the same one to the hot path (`handlers.hot`).
 """
 
 from __future__ import annotations
@@ -23,7 +24,6 @@ import orjson
 
 from btsguru.auth.access import AccessService
 from btsguru.clock import Clock
-from btsguru.config import Config
 from btsguru.errors import BadRequest, NotFound
 from btsguru.handlers.api import ApiHandler
 from btsguru.pollers.state import SportPollState
@@ -43,8 +43,8 @@ _GAMES_FILTERS = frozenset({"date", "league", "team", "status"})
 _STANDINGS_FILTERS = frozenset({"league", "season"})
 
 
-class PollerStateReader(Protocol):
-    """The pollers' view of a sport (`btsguru.pollers.state.PollerStateReader`)."""
+class SportPollStates(Protocol):
+    """Each sport's poll summary, for freshness (`pollers.state.PollerStateReader.state`)."""
 
     async def state(self, sport: str) -> SportPollState | None: ...
 
@@ -80,7 +80,7 @@ class SportsView:
     games store (after an ingest) and the pollers' state (after a live or schedule run)
     invalidate it in every process, and `HOT_TTL_S` bounds it otherwise."""
 
-    def __init__(self, games: GameStore, poll_state: PollerStateReader | None,
+    def __init__(self, games: GameStore, poll_state: SportPollStates | None,
                  clock: Clock, hot: HotCache | None = None) -> None:
         self._games = games
         self._poll_state = poll_state
@@ -324,34 +324,16 @@ def _epoch(iso: str | None) -> float | None:
         return None
 
 
-class RestServices(Protocol):
-    """What `rest_routes` needs of `btsguru.app.Services`."""
-
-    @property
-    def access(self) -> AccessService: ...
-    @property
-    def clock(self) -> Clock: ...
-    @property
-    def games(self) -> GameStore: ...
-    @property
-    def standings(self) -> StandingsStore: ...
-    @property
-    def poller_state(self) -> PollerStateReader | None: ...
-    @property
-    def config(self) -> Config: ...
-    @property
-    def hot(self) -> HotCache | None: ...
-
-
-def rest_routes(s: RestServices) -> list[Any]:
-    """The routes this module serves, for `btsguru.app.make_app`."""
-    view = SportsView(s.games, s.poller_state, s.clock, s.hot)
-    common = {"access": s.access, "sports": s.config.sports}
+def rest_routes(*, access: AccessService, sports: Sequence[str], view: SportsView,
+                games: GameStore, standings: StandingsStore, clock: Clock) -> list[Any]:
+    """The routes this module serves, for `btsguru.app.make_app` (which builds the one
+    `SportsView`, shared with the hot path)."""
+    common = {"access": access, "sports": sports}
     sport = r"/v1/(?P<sport>[a-z][a-z-]*)"
     return [
         (r"/v1/sports", SportsHandler, {**common, "view": view}),
         (sport + r"/live", LiveHandler, {**common, "view": view}),
-        (sport + r"/games", GamesHandler, {**common, "games": s.games, "clock": s.clock}),
-        (sport + r"/games/(?P<game_id>[^/]+)", GameHandler, {**common, "games": s.games}),
-        (sport + r"/standings", StandingsHandler, {**common, "standings": s.standings}),
+        (sport + r"/games", GamesHandler, {**common, "games": games, "clock": clock}),
+        (sport + r"/games/(?P<game_id>[^/]+)", GameHandler, {**common, "games": games}),
+        (sport + r"/standings", StandingsHandler, {**common, "standings": standings}),
     ]
