@@ -28,7 +28,9 @@ import contextlib
 import multiprocessing as mp
 import resource
 import statistics
+import tempfile
 import time
+from pathlib import Path
 from typing import Any
 
 from bench.clients import Tally, client_main, merge, stop_all
@@ -120,15 +122,17 @@ def measure(clients: int, window_s: float, per_process: int, longest_s: float
 async def follow_bus(env: dict[str, str], seconds: float, longest_s: float
                      ) -> list[tuple[float, Any]]:
     """Every event of the measured sports' channels, with the moment the bus gave it:
-    for `seconds`, or on until a measured kind of event came (at most `longest_s`)."""
+    for `seconds`, or on until a measured kind of event came (at most `longest_s`). This
+    process follows the bus as another process of the relay would: the pollers' stack
+    over the served stack's Redis, on a scratch database of its own, its pollers idle."""
     from btsguru.config import load_config
-    from btsguru.store.bus import BusEvent, RedisBus
-    from btsguru.store.redis import open_redis
+    from btsguru.pollers.stack import open_poller_stack
+    from btsguru.store.bus import BusEvent
 
-    stores = open_redis(load_config(environ=env, env_file=None))
-    bus = RedisBus(stores.reverb, stores.keys)
+    scratch = Path(tempfile.mkdtemp(prefix="btsguru-bench-e2e-"))
+    config = load_config(environ={**env, "DATABASE_URL": f"sqlite:///{scratch / 'follow.db'}"},
+                         env_file=None)
     received: list[tuple[float, BusEvent]] = []
-
     measured = asyncio.Event()
 
     def collect(_channel: str, event: BusEvent) -> None:
@@ -136,16 +140,13 @@ async def follow_bus(env: dict[str, str], seconds: float, longest_s: float
         if event.event in MEASURED:
             measured.set()
 
-    try:
+    async with open_poller_stack(config, bus="redis") as stack:
         for sport in SPORTS:
-            await bus.subscribe(f"sports.{sport}", collect)
+            await stack.bus.subscribe(f"sports.{sport}", collect)
         await asyncio.sleep(seconds)
         if longest_s > seconds:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(measured.wait(), longest_s - seconds)
-    finally:
-        await bus.close()
-        await stores.close()
     return received
 
 

@@ -133,17 +133,8 @@ async def _day(window_s: float, warmup_s: float, sports: tuple[str, ...]) -> Day
     import tornado.netutil
 
     from btsguru.config import load_config
-    from btsguru.db import close_database, connect_database
-    from btsguru.db.migrate import migrate
-    from btsguru.db.runner import DatabaseRunner
-    from btsguru.pollers.service import Pollers
+    from btsguru.pollers.stack import open_poller_stack
     from btsguru.simulator import Simulator, SimulatorOptions
-    from btsguru.store.bus import InMemoryBus
-    from btsguru.store.cache import RawCache
-    from btsguru.store.games import GameStore
-    from btsguru.store.redis import open_redis
-    from btsguru.store.standings import StandingsStore
-    from btsguru.upstream import QuotaGovernor, UpstreamClient
     from btsguru.upstream.client import UpstreamResponse
 
     clock = VirtualClock(DAY_START - warmup_s)
@@ -164,39 +155,26 @@ async def _day(window_s: float, warmup_s: float, sports: tuple[str, ...]) -> Day
     for sport in sports:
         env[f"RAPIDAPI_BASE_URL_{sport.upper().replace('-', '_')}"] = f"{url}/{sport}"
     config = load_config(environ=env, env_file=None)
-    database = connect_database(config.database_url)
-    migrate(database)
-    runner = DatabaseRunner(database)
-    stores = open_redis(config)
-    bus = InMemoryBus()
-    games = GameStore(stores, runner, clock, bus)
-    quota = QuotaGovernor(stores, config, clock)
-    client = UpstreamClient(config, stores, clock=clock, quota=quota)
-    pollers = Pollers(config, clock, stores, client, RawCache(stores, config, clock), quota,
-                      games, StandingsStore(stores), sports=sports, use_leases=False)
     polls: dict[str, list[float]] = {sport: [] for sport in sports}
 
     def seen(response: UpstreamResponse) -> None:
         if _is_live_list(response.sport, response.endpoint, response.params, clock.time()):
             polls[response.sport].append(clock.time())
 
-    pollers.fetcher.observers.append(seen)
-    tasks = len(pollers.scheduler.tasks)
-    started = time.monotonic()
     logging.getLogger("btsguru").setLevel(logging.ERROR)  # the budget's plan changes are info
     try:
-        await pollers.start()
-        before = await _run_until(clock, tasks, DAY_START, simulator)
-        after = await _run_until(clock, tasks, DAY_START + window_s, simulator)
-        stretch = {sport: ctx.budget.plan.describe() for sport, ctx in pollers.contexts.items()}
+        async with open_poller_stack(config, clock=clock, bus="memory", sports=sports,
+                                     use_leases=False) as stack:
+            pollers = stack.pollers
+            pollers.fetcher.observers.append(seen)
+            tasks = len(pollers.scheduler.tasks)
+            started = time.monotonic()
+            await pollers.start()
+            before = await _run_until(clock, tasks, DAY_START, simulator)
+            after = await _run_until(clock, tasks, DAY_START + window_s, simulator)
+            stretch = {sport: ctx.budget.plan.describe()
+                       for sport, ctx in pollers.contexts.items()}
     finally:
-        await pollers.stop()
-        await games.close()
-        await client.close()
-        await bus.close()
-        await stores.close()
-        runner.close()
-        close_database(database)
         http.stop()
         await http.close_all_connections()
     requests = {sport: sum(n - before.get(path, 0) for path, n in after.items()
@@ -219,7 +197,7 @@ async def _run_until(clock: VirtualClock, tasks: int, until: float,
 
 def _is_live_list(sport: str, endpoint: str, params: Any, now: float) -> bool:
     """The live task's main query: `live=all`, or the sweep of today's date."""
-    from btsguru.pollers.tasks import QUERIES, utc_day
+    from btsguru.pollers.context import QUERIES, utc_day
 
     queries = QUERIES[sport]
     if endpoint.strip("/") != queries.list_endpoint:

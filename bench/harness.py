@@ -191,6 +191,7 @@ class Stack:
     base_url: str
     simulator_url: str
     api_key: str
+    server: subprocess.Popen[bytes] | None = None  # `btsguru serve` (its log: `Processes.log`)
 
 
 def purge_redis_prefix(env: dict[str, str]) -> None:
@@ -221,17 +222,23 @@ def purge_redis_prefix(env: dict[str, str]) -> None:
 
 def start_stack(group: Processes, *, processes_n: int = 1, pollers: bool = False,
                 max_streams: int | None = None, settings: dict[str, str] | None = None,
-                simulator_args: Sequence[str] = ()) -> Stack:
+                simulator_args: Sequence[str] = (), upstream_url: str | None = None,
+                email: str = "bench@example.com") -> Stack:
     """`max_streams`: lift the bench user's stream limit too (many clients); `settings`:
     btsguru settings of the scenario's own (environment variables; `REDIS_URL` there
     points the stack at a Redis of the scenario's own); `simulator_args`: options of
-    `btsguru simulate` (e.g. `--speed`)."""
+    `btsguru simulate` (e.g. `--speed`); `upstream_url`: an upstream already running
+    (a test's in-process simulator) instead of a `btsguru simulate` of the stack's own;
+    `email`: the user the API key belongs to. Blocking: from a coroutine whose loop runs
+    the upstream, call it through `asyncio.to_thread`."""
     scratch = Path(tempfile.mkdtemp(prefix="btsguru-bench-"))
-    sim_port, port = free_port(), free_port()
-    simulator_url = f"http://127.0.0.1:{sim_port}"
-    group.start([sys.executable, "-m", "btsguru", "simulate", "--port", str(sim_port),
-                 *simulator_args])
-    wait_http(f"{simulator_url}/__sim/stats")
+    port = free_port()
+    if upstream_url is None:
+        sim_port = free_port()
+        upstream_url = f"http://127.0.0.1:{sim_port}"
+        group.start([sys.executable, "-m", "btsguru", "simulate", "--port", str(sim_port),
+                     *simulator_args])
+        wait_http(f"{upstream_url}/__sim/stats")
     env = {
         "DATABASE_URL": f"sqlite:///{scratch / 'bench.db'}",
         "REDIS_URL": "redis://127.0.0.1:6379/0",
@@ -243,15 +250,15 @@ def start_stack(group: Processes, *, processes_n: int = 1, pollers: bool = False
         **(settings or {}),
     }
     for sport in ("FOOTBALL", "BASKETBALL", "HOCKEY", "BASEBALL", "AMERICAN_FOOTBALL"):
-        env[f"RAPIDAPI_BASE_URL_{sport}"] = f"{simulator_url}/{sport.lower().replace('_', '-')}"
+        env[f"RAPIDAPI_BASE_URL_{sport}"] = f"{upstream_url}/{sport.lower().replace('_', '-')}"
     group.cleanups.append(lambda: purge_redis_prefix(env))
-    key = bench_user(env, "bench@example.com", max_streams=max_streams)
-    group.start([sys.executable, "-m", "btsguru", "serve", "--port", str(port),
-                 "--processes", str(processes_n), *([] if pollers else ["--no-pollers"])],
-                env=env)
+    key = bench_user(env, email, max_streams=max_streams)
+    server = group.start([sys.executable, "-m", "btsguru", "serve", "--port", str(port),
+                          "--processes", str(processes_n),
+                          *([] if pollers else ["--no-pollers"])], env=env)
     base_url = f"http://127.0.0.1:{port}"
     wait_http(f"{base_url}/healthz")
-    return Stack(env, base_url, simulator_url, key)
+    return Stack(env, base_url, upstream_url, key, server)
 
 
 def metrics_text(stack: Stack) -> str:

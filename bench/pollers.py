@@ -32,19 +32,10 @@ def run(full: bool) -> None:
 
 
 async def _run(window_s: float, warmup_s: float) -> None:
-    from btsguru.clock import SystemClock
     from btsguru.config import load_config
-    from btsguru.db import close_database, connect_database
-    from btsguru.db.migrate import migrate
-    from btsguru.db.runner import DatabaseRunner
-    from btsguru.pollers.service import Pollers
+    from btsguru.pollers.stack import open_poller_stack
     from btsguru.simulator import SimulatorOptions, start_simulator
-    from btsguru.store.bus import BusEvent, RedisBus
-    from btsguru.store.cache import RawCache
-    from btsguru.store.games import GameStore
-    from btsguru.store.redis import open_redis
-    from btsguru.store.standings import StandingsStore
-    from btsguru.upstream import QuotaGovernor, UpstreamClient
+    from btsguru.store.bus import BusEvent
 
     scratch = Path(tempfile.mkdtemp(prefix="btsguru-bench-pollers-"))
     server = await start_simulator(SimulatorOptions(port=0, seed=1))
@@ -55,41 +46,26 @@ async def _run(window_s: float, warmup_s: float) -> None:
     for sport in SPORTS:
         env[f"RAPIDAPI_BASE_URL_{sport.upper().replace('-', '_')}"] = f"{server.url}/{sport}"
     config = load_config(environ=env, env_file=None)
-    clock = SystemClock()
-    database = connect_database(config.database_url)
-    migrate(database)
-    runner = DatabaseRunner(database)
-    stores = open_redis(config)
-    bus = RedisBus(stores.reverb, stores.keys)
-    games = GameStore(stores, runner, clock, bus)
-    quota = QuotaGovernor(stores, config, clock)
-    client = UpstreamClient(config, stores, clock=clock, quota=quota)
-    pollers = Pollers(config, clock, stores, client, RawCache(stores, config, clock), quota,
-                      games, StandingsStore(stores))
     received: list[tuple[float, BusEvent]] = []
 
     def collect(_channel: str, event: BusEvent) -> None:
         received.append((time.time(), event))
 
     try:
-        for sport in SPORTS:
-            await bus.subscribe(f"sports.{sport}", collect)
-        started = time.time()
-        await pollers.start()
-        await asyncio.sleep(warmup_s)
-        before = server.simulator.stats()["by_path"]
-        await asyncio.sleep(window_s)
-        after = server.simulator.stats()["by_path"]
-        await pollers.stop()
-        plans = {sport: ctx.budget.plan.describe() for sport, ctx in pollers.contexts.items()}
+        async with open_poller_stack(config, bus="redis") as stack:
+            pollers = stack.pollers
+            for sport in SPORTS:
+                await stack.bus.subscribe(f"sports.{sport}", collect)
+            started = time.time()
+            await pollers.start()
+            await asyncio.sleep(warmup_s)
+            before = server.simulator.stats()["by_path"]
+            await asyncio.sleep(window_s)
+            after = server.simulator.stats()["by_path"]
+            await pollers.stop()
+            plans = {sport: ctx.budget.plan.describe()
+                     for sport, ctx in pollers.contexts.items()}
     finally:
-        await pollers.stop()
-        await games.close()
-        await client.close()
-        await bus.close()
-        await stores.close()
-        runner.close()
-        close_database(database)
         await server.stop()
 
     latencies = _latencies(server, received, since=started + warmup_s)

@@ -55,6 +55,12 @@ class FakeClock:
         self._sleepers.append((self._monotonic + seconds, future))
         await future
 
+    def sleeping(self) -> list[float]:
+        """Seconds left of each sleep in progress, soonest first (a cancelled one no
+        longer counts): a test waits until the code under test is asleep before it
+        advances the clock or checks what that code did."""
+        return sorted(t - self._monotonic for t, f in self._sleepers if not f.done())
+
     def advance(self, seconds: float) -> None:
         self._now += seconds
         self._monotonic += seconds

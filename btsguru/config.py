@@ -3,6 +3,8 @@
 Every setting is declared once, below, as a field of `Config` with its environment name,
 default and a line of help (Datasette's `SETTINGS`); validation, `.env.example` and the
 README table all come from these declarations, and a test keeps them in agreement.
+How one setting is declared and parsed (`setting`, the parsers, `Secret`) is
+`btsguru.setting`.
 Only `btsguru.app` and `btsguru.cli` call `load_config`; everything else is handed the
 `Config` it needs.
 """
@@ -11,16 +13,36 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 from dotenv import dotenv_values
 
 from btsguru.errors import ConfigError
+from btsguru.setting import (
+    DB_INDEX,
+    PORT,
+    Secret,
+    mask_url,
+    parse_bool,
+    parse_choice,
+    parse_host,
+    parse_int,
+    parse_optional_host,
+    parse_redis_url,
+    parse_secret,
+    parse_sports,
+    parse_url,
+    setting,
+)
 from btsguru.sports import SPORTS
+
+# `Secret` and `mask_url` are re-exported: secret settings' readers and the modules that
+# log a URL take them from here, with the `Config`
+__all__ = ["API_SPORTS_BASE_URLS", "Config", "Secret", "SettingInfo", "env_example",
+           "load_config", "mask_url", "settings", "settings_markdown"]
 
 # API-Sports' own hosts, used for a sport whose base URL is not configured.
 API_SPORTS_BASE_URLS: Mapping[str, str] = {
@@ -32,236 +54,95 @@ API_SPORTS_BASE_URLS: Mapping[str, str] = {
 }
 
 
-class Secret:
-    """A setting that must never be printed: `repr` and `str` hide it (Starlette's Secret)."""
-
-    __slots__ = ("_value",)
-
-    def __init__(self, value: str) -> None:
-        self._value = value
-
-    def reveal(self) -> str:
-        return self._value
-
-    def __bool__(self) -> bool:
-        return bool(self._value)
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, Secret) and other._value == self._value
-
-    def __hash__(self) -> int:
-        return hash(self._value)
-
-    def __repr__(self) -> str:
-        return "Secret('**********')" if self._value else "Secret('')"
-
-    __str__ = __repr__
-
-
-# -- parsers: each takes the raw string and returns the typed value or raises ValueError --
-
-
-def _parse_str(raw: str) -> str:
-    return raw.strip()
-
-
-def _parse_secret(raw: str) -> Secret:
-    return Secret(raw.strip())
-
-
-def _parse_int(minimum: int = 0, maximum: int | None = None) -> Callable[[str], int]:
-    def parse(raw: str) -> int:
-        try:
-            value = int(raw.strip())
-        except ValueError:
-            raise ValueError(f"expected an integer, got {raw!r}") from None
-        if value < minimum or (maximum is not None and value > maximum):
-            bounds = f">= {minimum}" if maximum is None else f"between {minimum} and {maximum}"
-            raise ValueError(f"expected an integer {bounds}, got {value}")
-        return value
-
-    return parse
-
-
-_TRUE = {"1", "true", "yes", "on"}
-_FALSE = {"0", "false", "no", "off"}
-
-
-def _parse_bool(raw: str) -> bool:
-    value = raw.strip().lower()
-    if value in _TRUE:
-        return True
-    if value in _FALSE:
-        return False
-    raise ValueError(f"expected true or false, got {raw!r}")
-
-
-def _parse_choice(*choices: str) -> Callable[[str], str]:
-    def parse(raw: str) -> str:
-        value = raw.strip().lower()
-        if value not in choices:
-            raise ValueError(f"expected one of {', '.join(choices)}, got {raw!r}")
-        return value
-
-    return parse
-
-
-def _parse_url(*schemes: str, allow_empty: bool = True) -> Callable[[str], str]:
-    def parse(raw: str) -> str:
-        value = raw.strip()
-        if not value and allow_empty:
-            return ""
-        parts = urlsplit(value)
-        if parts.scheme not in schemes:
-            expected = " or ".join(f"{scheme}://" for scheme in schemes)
-            raise ValueError(f"expected a URL starting with {expected}, got {_mask_url(value)!r}")
-        if parts.scheme not in ("memory", "sqlite", "unix") and not parts.hostname:
-            raise ValueError(f"expected a URL with a host, got {_mask_url(value)!r}")
-        return value
-
-    return parse
-
-
-def _parse_redis_url(raw: str) -> str:
-    value = _parse_url("redis", "rediss", "unix", "memory")(raw)
-    parts = urlsplit(value)
-    path = parts.path.strip("/")
-    if parts.scheme in ("redis", "rediss") and path and not (path.isdigit() and int(path) <= 15):
-        raise ValueError(f"expected a database number 0-15 after the host, got {path!r}")
-    return value
-
-
-def _parse_host(raw: str) -> str:
-    value = raw.strip()
-    if not value or "/" in value or " " in value:
-        raise ValueError(f"expected a host name, got {raw!r}")
-    return value
-
-
-def _parse_optional_host(raw: str) -> str:
-    return _parse_host(raw) if raw.strip() else ""
-
-
-def _parse_sports(raw: str) -> tuple[str, ...]:
-    names = tuple(dict.fromkeys(s.strip().lower() for s in raw.split(",") if s.strip()))
-    if not names:
-        raise ValueError("expected a comma-separated list of sports, got nothing")
-    unknown = [s for s in names if s not in SPORTS]
-    if unknown:
-        raise ValueError(f"unknown sport {unknown[0]!r}; known: {', '.join(SPORTS)}")
-    return names
-
-
-def _mask_url(url: str) -> str:
-    """The URL with any password replaced, for messages and logs."""
-    parts = urlsplit(url)
-    if parts.password:
-        netloc = parts.netloc.replace(f":{parts.password}@", ":****@")
-        return parts._replace(netloc=netloc).geturl()
-    return url
-
-
-def setting(env: str, default: str, help: str, parse: Callable[[str], Any] = _parse_str,
-            *, secret: bool = False) -> Any:
-    """Declare one setting: its environment name, default (as the text a user would
-    write in `.env`) and a line of help."""
-    return field(metadata={"env": env, "default": default, "help": help, "parse": parse,
-                           "secret": secret})
-
-
-_PORT = _parse_int(1, 65535)
-_DB_INDEX = _parse_int(0, 15)
-
-
 @dataclass(frozen=True)
 class Config:
     # -- upstream (names from the original specification) --
     rapidapi_key: Secret = setting(
         "RAPIDAPI_KEY", "", "Upstream key (RapidAPI or API-Sports); required outside demo.",
-        _parse_secret, secret=True)
+        parse_secret, secret=True)
     rapidapi_host: str = setting(
         "RAPIDAPI_HOST", "v3.football.api-sports.io",
-        "Football's upstream host; a *.rapidapi.com host selects RapidAPI headers.", _parse_host)
+        "Football's upstream host; a *.rapidapi.com host selects RapidAPI headers.", parse_host)
     rapidapi_base_url: str = setting(
         "RAPIDAPI_BASE_URL", "https://v3.football.api-sports.io",
-        "Football's base URL (on RapidAPI it includes /v3).", _parse_url("http", "https"))
+        "Football's base URL (on RapidAPI it includes /v3).", parse_url("http", "https"))
     rapidapi_base_url_football: str = setting(
         "RAPIDAPI_BASE_URL_FOOTBALL", "", "Football's base URL; overrides RAPIDAPI_BASE_URL.",
-        _parse_url("http", "https"))
+        parse_url("http", "https"))
     rapidapi_base_url_basketball: str = setting(
         "RAPIDAPI_BASE_URL_BASKETBALL", "", "Basketball's base URL (empty: API-Sports' host).",
-        _parse_url("http", "https"))
+        parse_url("http", "https"))
     rapidapi_base_url_hockey: str = setting(
         "RAPIDAPI_BASE_URL_HOCKEY", "", "Hockey's base URL (empty: API-Sports' host).",
-        _parse_url("http", "https"))
+        parse_url("http", "https"))
     rapidapi_base_url_baseball: str = setting(
         "RAPIDAPI_BASE_URL_BASEBALL", "", "Baseball's base URL (empty: API-Sports' host).",
-        _parse_url("http", "https"))
+        parse_url("http", "https"))
     rapidapi_base_url_american_football: str = setting(
         "RAPIDAPI_BASE_URL_AMERICAN_FOOTBALL", "",
-        "American football's base URL (empty: API-Sports' host).", _parse_url("http", "https"))
+        "American football's base URL (empty: API-Sports' host).", parse_url("http", "https"))
     upstream_daily_quota: int = setting(
         "UPSTREAM_DAILY_QUOTA", "7500",
-        "Upstream requests per UTC day per sport host (API-Sports Pro: 7500).", _parse_int(1))
+        "Upstream requests per UTC day per sport host (API-Sports Pro: 7500).", parse_int(1))
     upstream_minute_quota: int = setting(
         "UPSTREAM_MINUTE_QUOTA", "300",
-        "Upstream requests per 60-second window per sport host (Pro: 300).", _parse_int(1))
+        "Upstream requests per 60-second window per sport host (Pro: 300).", parse_int(1))
     upstream_daily_quota_football: int = setting(
         "UPSTREAM_DAILY_QUOTA_FOOTBALL", "0", "Football's daily quota (0: UPSTREAM_DAILY_QUOTA).",
-        _parse_int(0))
+        parse_int(0))
     upstream_daily_quota_basketball: int = setting(
         "UPSTREAM_DAILY_QUOTA_BASKETBALL", "0",
-        "Basketball's daily quota (0: UPSTREAM_DAILY_QUOTA).", _parse_int(0))
+        "Basketball's daily quota (0: UPSTREAM_DAILY_QUOTA).", parse_int(0))
     upstream_daily_quota_hockey: int = setting(
         "UPSTREAM_DAILY_QUOTA_HOCKEY", "0", "Hockey's daily quota (0: UPSTREAM_DAILY_QUOTA).",
-        _parse_int(0))
+        parse_int(0))
     upstream_daily_quota_baseball: int = setting(
         "UPSTREAM_DAILY_QUOTA_BASEBALL", "0", "Baseball's daily quota (0: UPSTREAM_DAILY_QUOTA).",
-        _parse_int(0))
+        parse_int(0))
     upstream_daily_quota_american_football: int = setting(
         "UPSTREAM_DAILY_QUOTA_AMERICAN_FOOTBALL", "0",
-        "American football's daily quota (0: UPSTREAM_DAILY_QUOTA).", _parse_int(0))
+        "American football's daily quota (0: UPSTREAM_DAILY_QUOTA).", parse_int(0))
     upstream_minute_quota_football: int = setting(
         "UPSTREAM_MINUTE_QUOTA_FOOTBALL", "0",
-        "Football's per-minute quota (0: UPSTREAM_MINUTE_QUOTA).", _parse_int(0))
+        "Football's per-minute quota (0: UPSTREAM_MINUTE_QUOTA).", parse_int(0))
     upstream_minute_quota_basketball: int = setting(
         "UPSTREAM_MINUTE_QUOTA_BASKETBALL", "0",
-        "Basketball's per-minute quota (0: UPSTREAM_MINUTE_QUOTA).", _parse_int(0))
+        "Basketball's per-minute quota (0: UPSTREAM_MINUTE_QUOTA).", parse_int(0))
     upstream_minute_quota_hockey: int = setting(
         "UPSTREAM_MINUTE_QUOTA_HOCKEY", "0",
-        "Hockey's per-minute quota (0: UPSTREAM_MINUTE_QUOTA).", _parse_int(0))
+        "Hockey's per-minute quota (0: UPSTREAM_MINUTE_QUOTA).", parse_int(0))
     upstream_minute_quota_baseball: int = setting(
         "UPSTREAM_MINUTE_QUOTA_BASEBALL", "0",
-        "Baseball's per-minute quota (0: UPSTREAM_MINUTE_QUOTA).", _parse_int(0))
+        "Baseball's per-minute quota (0: UPSTREAM_MINUTE_QUOTA).", parse_int(0))
     upstream_minute_quota_american_football: int = setting(
         "UPSTREAM_MINUTE_QUOTA_AMERICAN_FOOTBALL", "0",
-        "American football's per-minute quota (0: UPSTREAM_MINUTE_QUOTA).", _parse_int(0))
+        "American football's per-minute quota (0: UPSTREAM_MINUTE_QUOTA).", parse_int(0))
     upstream_timeout_s: int = setting(
         "UPSTREAM_TIMEOUT_S", "8",
         "Seconds one upstream request may take (a user's whole wait is capped at 10).",
-        _parse_int(1, 10))
+        parse_int(1, 10))
     sports: tuple[str, ...] = setting(
-        "BTSGURU_SPORTS", ",".join(SPORTS), "Comma list of the sports to relay.", _parse_sports)
+        "BTSGURU_SPORTS", ",".join(SPORTS), "Comma list of the sports to relay.", parse_sports)
 
     # -- Redis --
     redis_url: str = setting(
         "REDIS_URL", "",
         "Overrides the REDIS_HOST/PORT/PASSWORD variables; memory:// selects the embedded store.",
-        _parse_redis_url)
-    redis_host: str = setting("REDIS_HOST", "127.0.0.1", "Redis host.", _parse_host)
-    redis_port: int = setting("REDIS_PORT", "6379", "Redis port.", _PORT)
-    redis_password: Secret = setting("REDIS_PASSWORD", "", "Redis password.", _parse_secret,
+        parse_redis_url)
+    redis_host: str = setting("REDIS_HOST", "127.0.0.1", "Redis host.", parse_host)
+    redis_port: int = setting("REDIS_PORT", "6379", "Redis port.", PORT)
+    redis_password: Secret = setting("REDIS_PASSWORD", "", "Redis password.", parse_secret,
                                      secret=True)
     redis_db: int = setting("REDIS_DB", "0",
-                            "Database for keys, rate limits and usage counters.", _DB_INDEX)
+                            "Database for keys, rate limits and usage counters.", DB_INDEX)
     redis_cache_db: int = setting("REDIS_CACHE_DB", "1",
-                                  "Database for cached upstream responses.", _DB_INDEX)
+                                  "Database for cached upstream responses.", DB_INDEX)
     redis_queue_db: int = setting("REDIS_QUEUE_DB", "2",
-                                  "Database for poller leases, schedules and job state.", _DB_INDEX)
+                                  "Database for poller leases, schedules and job state.", DB_INDEX)
     redis_reverb_db: int = setting(
         "REDIS_REVERB_DB", "3",
         "Database for real-time state (history, presence); pub/sub channels carry the prefix.",
-        _DB_INDEX)
+        DB_INDEX)
     redis_cache_prefix: str = setting(
         "REDIS_CACHE_PREFIX", "btsguru:", "Prefix of every Redis key and pub/sub channel.")
 
@@ -271,157 +152,157 @@ class Config:
                                   "Pusher app key that clients connect with.")
     reverb_app_secret: Secret = setting(
         "REVERB_APP_SECRET", "", "Pusher app secret that signs channel auth and the HTTP API.",
-        _parse_secret, secret=True)
+        parse_secret, secret=True)
     reverb_server_host: str = setting(
         "REVERB_SERVER_HOST", "",
-        "Address `serve` binds (Reverb's name); empty: REVERB_HOST.", _parse_optional_host)
+        "Address `serve` binds (Reverb's name); empty: REVERB_HOST.", parse_optional_host)
     reverb_server_port: int = setting(
         "REVERB_SERVER_PORT", "0", "Port `serve` binds (Reverb's name); 0: REVERB_PORT.",
-        _parse_int(0, 65535))
+        parse_int(0, 65535))
     reverb_host: str = setting(
         "REVERB_HOST", "127.0.0.1",
         "Address `serve` binds when REVERB_SERVER_HOST is unset (a Laravel app's clients use "
-        "it as the public host).", _parse_host)
+        "it as the public host).", parse_host)
     reverb_port: int = setting(
         "REVERB_PORT", "8080",
         "Port `serve` binds when REVERB_SERVER_PORT is unset (a Laravel app's clients use it "
-        "as the public port).", _PORT)
+        "as the public port).", PORT)
     pusher_public_channels: bool = setting(
         "PUSHER_PUBLIC_CHANNELS", "true",
-        "Bare sports.* channels open to app-key Pusher clients.", _parse_bool)
+        "Bare sports.* channels open to app-key Pusher clients.", parse_bool)
     pusher_public_per_ip: int = setting(
         "PUSHER_PUBLIC_PER_IP", "20",
-        "Anonymous Pusher connections allowed per IP address.", _parse_int(1))
+        "Anonymous Pusher connections allowed per IP address.", parse_int(1))
     pusher_max_subscriptions: int = setting(
         "PUSHER_MAX_SUBSCRIPTIONS", "200",
         "Channels one Pusher connection may hold (more: subscription_error LimitReached).",
-        _parse_int(1))
+        parse_int(1))
     pusher_messages_per_s: int = setting(
         "PUSHER_MESSAGES_PER_S", "20",
         "Messages per second one anonymous Pusher connection may send (more: error 4301).",
-        _parse_int(1))
+        parse_int(1))
     pusher_client_events_per_s: int = setting(
         "PUSHER_CLIENT_EVENTS_PER_S", "10",
-        "Client events per second per Pusher connection (more: error 4301).", _parse_int(1))
+        "Client events per second per Pusher connection (more: error 4301).", parse_int(1))
 
     # -- HTTP limits: every connection, before any handler runs (server.http_server) --
     http_idle_timeout_s: int = setting(
         "HTTP_IDLE_TIMEOUT_S", "75",
         "Seconds a connection may take to send a request's headers, or idle between "
-        "requests, before it is closed.", _parse_int(1))
+        "requests, before it is closed.", parse_int(1))
     http_body_timeout_s: int = setting(
         "HTTP_BODY_TIMEOUT_S", "30",
         "Seconds a request's whole body may take to arrive before the connection is closed.",
-        _parse_int(1))
+        parse_int(1))
     http_max_header_bytes: int = setting(
         "HTTP_MAX_HEADER_BYTES", "65536",
-        "Request line and headers, in bytes (more: JSON 414 or 431).", _parse_int(1024))
+        "Request line and headers, in bytes (more: JSON 414 or 431).", parse_int(1024))
     http_max_body_bytes: int = setting(
         "HTTP_MAX_BODY_BYTES", "1048576", "Request body, in bytes (more: JSON 413).",
-        _parse_int(1024))
+        parse_int(1024))
 
     # -- REST API (names from the original specification) --
     api_cache_enabled: bool = setting("API_CACHE_ENABLED", "true",
-                                      "Cache upstream responses in Redis.", _parse_bool)
+                                      "Cache upstream responses in Redis.", parse_bool)
     api_default_cache_duration: int = setting(
         "API_DEFAULT_CACHE_DURATION", "300",
-        "Cache TTL in seconds for data without a more specific TTL.", _parse_int(1))
+        "Cache TTL in seconds for data without a more specific TTL.", parse_int(1))
     api_rate_limit: int = setting("API_RATE_LIMIT", "60",
-                                  "Free tier: requests per API_RATE_LIMIT_DURATION.", _parse_int(1))
+                                  "Free tier: requests per API_RATE_LIMIT_DURATION.", parse_int(1))
     api_rate_limit_duration: int = setting(
         "API_RATE_LIMIT_DURATION", "60", "Free tier: the rate limit's window in seconds.",
-        _parse_int(1))
+        parse_int(1))
 
     # -- pollers: cadences (pollers/cadence.py); the daily budget stretches them when short --
     poll_live_interval_football_s: int = setting(
         "POLL_LIVE_INTERVAL_FOOTBALL_S", "15",
-        "Seconds between football live polls while games are in play.", _parse_int(1))
+        "Seconds between football live polls while games are in play.", parse_int(1))
     poll_live_interval_basketball_s: int = setting(
         "POLL_LIVE_INTERVAL_BASKETBALL_S", "8",
-        "Seconds between basketball live polls while games are in play.", _parse_int(1))
+        "Seconds between basketball live polls while games are in play.", parse_int(1))
     poll_live_interval_hockey_s: int = setting(
         "POLL_LIVE_INTERVAL_HOCKEY_S", "15",
-        "Seconds between hockey live polls while games are in play.", _parse_int(1))
+        "Seconds between hockey live polls while games are in play.", parse_int(1))
     poll_live_interval_baseball_s: int = setting(
         "POLL_LIVE_INTERVAL_BASEBALL_S", "45",
-        "Seconds between baseball live polls while games are in play.", _parse_int(1))
+        "Seconds between baseball live polls while games are in play.", parse_int(1))
     poll_live_interval_american_football_s: int = setting(
         "POLL_LIVE_INTERVAL_AMERICAN_FOOTBALL_S", "15",
-        "Seconds between American football live polls while games are in play.", _parse_int(1))
+        "Seconds between American football live polls while games are in play.", parse_int(1))
     poll_crucial_interval_football_s: int = setting(
         "POLL_CRUCIAL_INTERVAL_FOOTBALL_S", "10",
-        "Football live polls in crucial moments (late, extra time, shoot-out).", _parse_int(1))
+        "Football live polls in crucial moments (late, extra time, shoot-out).", parse_int(1))
     poll_crucial_interval_basketball_s: int = setting(
         "POLL_CRUCIAL_INTERVAL_BASKETBALL_S", "5",
-        "Basketball live polls in crucial moments (last minutes, overtime).", _parse_int(1))
+        "Basketball live polls in crucial moments (last minutes, overtime).", parse_int(1))
     poll_crucial_interval_hockey_s: int = setting(
         "POLL_CRUCIAL_INTERVAL_HOCKEY_S", "10",
         "Hockey live polls in crucial moments (last minutes, overtime, shoot-out).",
-        _parse_int(1))
+        parse_int(1))
     poll_crucial_interval_baseball_s: int = setting(
         "POLL_CRUCIAL_INTERVAL_BASEBALL_S", "30",
-        "Baseball live polls in crucial moments (9th inning on, close late).", _parse_int(1))
+        "Baseball live polls in crucial moments (9th inning on, close late).", parse_int(1))
     poll_crucial_interval_american_football_s: int = setting(
         "POLL_CRUCIAL_INTERVAL_AMERICAN_FOOTBALL_S", "10",
         "American football live polls in crucial moments (two-minute warning, OT).",
-        _parse_int(1))
+        parse_int(1))
     poll_idle_interval_s: int = setting(
         "POLL_IDLE_INTERVAL_S", "900",
         "Longest live-poll sleep with nothing in play (it wakes before the next start).",
-        _parse_int(1))
+        parse_int(1))
     poll_pregame_lead_s: int = setting(
         "POLL_PREGAME_LEAD_S", "120",
-        "An idle live poller wakes this long before the next scheduled start.", _parse_int(0))
+        "An idle live poller wakes this long before the next scheduled start.", parse_int(0))
     poll_schedule_interval_s: int = setting(
         "POLL_SCHEDULE_INTERVAL_S", "900",
-        "Seconds between schedule polls (yesterday, today, tomorrow).", _parse_int(1))
+        "Seconds between schedule polls (yesterday, today, tomorrow).", parse_int(1))
     poll_details_interval_s: int = setting(
         "POLL_DETAILS_INTERVAL_S", "300",
         "Seconds between event-detail polls of one game in play (hockey; at once on a goal).",
-        _parse_int(1))
+        parse_int(1))
     poll_standings_live_interval_s: int = setting(
         "POLL_STANDINGS_LIVE_INTERVAL_S", "3600",
-        "Seconds between standings polls of a league with a game in play.", _parse_int(1))
+        "Seconds between standings polls of a league with a game in play.", parse_int(1))
     poll_standings_idle_interval_s: int = setting(
         "POLL_STANDINGS_IDLE_INTERVAL_S", "86400",
-        "Seconds between standings polls of a league with nothing in play.", _parse_int(1))
+        "Seconds between standings polls of a league with nothing in play.", parse_int(1))
     poll_static_interval_s: int = setting(
         "POLL_STATIC_INTERVAL_S", "21600",
-        "Seconds between refreshes of leagues and teams.", _parse_int(1))
+        "Seconds between refreshes of leagues and teams.", parse_int(1))
     poll_budget_share_percent: int = setting(
         "POLL_BUDGET_SHARE_PERCENT", "80",
         "Share of each sport's daily quota the pollers plan to spend (the rest: user misses).",
-        _parse_int(1, 100))
+        parse_int(1, 100))
     poll_backoff_base_s: int = setting(
         "POLL_BACKOFF_BASE_S", "5",
         "A poller failing, not by the upstream host, waits its cadence plus up to this, "
         "doubling per failure.",
-        _parse_int(1))
+        parse_int(1))
     poll_backoff_cap_s: int = setting(
         "POLL_BACKOFF_CAP_S", "300",
         "The most that backoff adds; after an upstream host failure a poller retries at its "
-        "cadence.", _parse_int(1))
+        "cadence.", parse_int(1))
 
     # -- storage and secrets --
     database_url: str = setting(
         "DATABASE_URL", "sqlite:///btsguru.db",
         "sqlite:///FILE, mysql://user:pass@host/db or postgresql://user:pass@host/db.",
-        _parse_url("sqlite", "mysql", "postgresql", "postgres"))
+        parse_url("sqlite", "mysql", "postgresql", "postgres"))
     secret_key: Secret = setting(
         "SECRET_KEY", "", "Signs console cookies; required by serve (a long random string).",
-        _parse_secret, secret=True)
+        parse_secret, secret=True)
 
     # -- operations --
     alert_webhook_url: str = setting(
         "ALERT_WEBHOOK_URL", "", "Alerts are POSTed here as JSON (Slack-compatible `text`).",
-        _parse_url("http", "https"))
+        parse_url("http", "https"))
     metrics_token: Secret = setting(
         "METRICS_TOKEN", "", "When set, /metrics requires `Authorization: Bearer TOKEN`.",
-        _parse_secret, secret=True)
+        parse_secret, secret=True)
     log_format: str = setting("LOG_FORMAT", "text", "text, or json for JSON lines.",
-                              _parse_choice("text", "json"))
+                              parse_choice("text", "json"))
     log_level: str = setting("LOG_LEVEL", "info", "debug, info, warning or error.",
-                             _parse_choice("debug", "info", "warning", "error"))
+                             parse_choice("debug", "info", "warning", "error"))
 
     def upstream_base_url(self, sport: str) -> str:
         """The base URL of a sport's upstream (no trailing slash)."""
@@ -515,7 +396,3 @@ def settings_markdown() -> str:
         default = f"`{s.default}`" if s.default else "(empty)"
         rows.append(f"| `{s.env}` | {default} | {s.help} |")
     return "\n".join(rows) + "\n"
-
-
-def mask_url(url: str) -> str:
-    return _mask_url(url)

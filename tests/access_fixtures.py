@@ -3,9 +3,7 @@ runner, the account services, and an `AccessService` over real Redis."""
 
 from __future__ import annotations
 
-import asyncio
-import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -113,15 +111,3 @@ async def expire_key(runner: DatabaseRunner, key_id: int) -> None:
             ApiKey.id == key_id).execute()
 
     await runner.write(update)
-
-
-async def wait_for(condition: Callable[[], Awaitable[bool]], timeout_s: float,
-                   interval_s: float = 0.02) -> float:
-    """Poll `condition` until it holds; returns the seconds it took, fails on timeout."""
-    start = time.monotonic()
-    while True:
-        if await condition():
-            return time.monotonic() - start
-        if time.monotonic() - start > timeout_s:
-            raise AssertionError(f"condition not met within {timeout_s} s")
-        await asyncio.sleep(interval_s)

@@ -6,23 +6,16 @@ from __future__ import annotations
 import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from btsguru.backoff import Backoff
-from btsguru.clock import Clock, SystemClock
+from btsguru.clock import Clock
 from btsguru.config import Config
-from btsguru.db import close_database, connect_database
-from btsguru.db.migrate import migrate
-from btsguru.db.runner import DatabaseRunner
-from btsguru.pollers.service import TASK_KINDS, Pollers
+from btsguru.pollers.service import TASK_KINDS
+from btsguru.pollers.stack import PollerStack, open_poller_stack
 from btsguru.simulator.games import SCHEDULES
-from btsguru.store.bus import BusEvent, InMemoryBus
-from btsguru.store.cache import RawCache
-from btsguru.store.games import GameStore
-from btsguru.store.redis import RedisStores, open_redis
-from btsguru.store.standings import StandingsStore
-from btsguru.upstream import QuotaGovernor, UpstreamClient
+from btsguru.store.bus import BusEvent
 
 
 @dataclass
@@ -31,15 +24,10 @@ class Received:
     event: BusEvent
 
 
-@dataclass
-class PollerStack:
-    config: Config
-    clock: Clock
-    redis: RedisStores
-    games: GameStore
-    cache: RawCache
-    quota: QuotaGovernor
-    pollers: Pollers
+@dataclass(frozen=True)
+class CollectingStack(PollerStack):
+    """The pollers' stack, with every event its sports' channels published."""
+
     events: list[Received] = field(default_factory=list)
 
     def of_game(self, game_id: int) -> list[BusEvent]:
@@ -50,38 +38,19 @@ class PollerStack:
 async def poller_stack(config: Config, *, clock: Clock | None = None,
                        sports: Sequence[str] | None = None,
                        kinds: Sequence[str] = TASK_KINDS,
-                       use_leases: bool = False) -> AsyncIterator[PollerStack]:
-    clock = clock or SystemClock()
-    database = connect_database(config.database_url)
-    migrate(database, free_rate=60, free_period_s=60)
-    runner = DatabaseRunner(database)
-    stores = open_redis(config)
-    bus = InMemoryBus()
-    games = GameStore(stores, runner, clock, bus)
-    quota = QuotaGovernor(stores, config, clock)
-    client = UpstreamClient(config, stores, clock=clock, quota=quota,
-                            backoff=Backoff(0.01, 0.05))
-    cache = RawCache(stores, config, clock)
-    pollers = Pollers(config, clock, stores, client, cache, quota, games,
-                      StandingsStore(stores), sports=sports, kinds=kinds,
-                      use_leases=use_leases)
-    stack = PollerStack(config, clock, stores, games, cache, quota, pollers)
+                       use_leases: bool = False) -> AsyncIterator[CollectingStack]:
+    """`btsguru.pollers.stack` on the in-memory bus, with a quick retry backoff."""
+    async with open_poller_stack(config, clock=clock, bus="memory", sports=sports, kinds=kinds,
+                                 use_leases=use_leases,
+                                 backoff=Backoff(0.01, 0.05)) as parts:
+        stack = CollectingStack(**{f.name: getattr(parts, f.name) for f in fields(parts)})
 
-    def collect(_channel: str, event: BusEvent) -> None:
-        stack.events.append(Received(time.time(), event))
+        def collect(_channel: str, event: BusEvent) -> None:
+            stack.events.append(Received(time.time(), event))
 
-    for sport in pollers.sports:
-        await bus.subscribe(f"sports.{sport}", collect)
-    try:
+        for sport in parts.pollers.sports:
+            await parts.bus.subscribe(f"sports.{sport}", collect)
         yield stack
-    finally:
-        await pollers.stop()
-        await games.close()
-        await client.close()
-        await bus.close()
-        await stores.close()
-        runner.close()
-        close_database(database)
 
 
 def next_normal_game(server: Any, sport: str, *, after_s: float = 120,

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -59,12 +57,3 @@ def status_of(sport: str, item: dict[str, Any]) -> str:
     status = item["game"]["status"] if sport == "american-football" else (
         item["fixture"]["status"] if sport == "football" else item["status"])
     return str(status["short"])
-
-
-async def wait_for(check: Callable[[], Awaitable[bool]], *, timeout_s: float = 10,
-                   what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout_s
-    while not await check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.02)

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import time
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
@@ -80,18 +77,3 @@ def open_store(config: Config, runner: DatabaseRunner, *, clock: Clock | None = 
     bus: Bus = RedisBus(stores.reverb, stores.keys) if redis_bus else InMemoryBus()
     return StoreNode(stores, bus, GameStore(stores, runner, clock, bus),
                      EventHistory(stores, bus), clock)
-
-
-async def wait_for(condition: Callable[[], bool | Awaitable[bool]], timeout_s: float = 5.0,
-                   interval_s: float = 0.01) -> None:
-    """Poll `condition` until it holds; fail after `timeout_s`."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        result = condition()
-        if not isinstance(result, bool):
-            result = await result
-        if result:
-            return
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout_s} s")
-        await asyncio.sleep(interval_s)

@@ -24,8 +24,8 @@ from tests.access_fixtures import (
     make_tier,
     migrated_sqlite,
     open_node,
-    wait_for,
 )
+from tests.waiting import wait_until
 
 RATE_HEADERS = ("RateLimit-Policy", "RateLimit", "RateLimit-Limit", "RateLimit-Remaining",
                 "RateLimit-Reset", "X-RateLimit-Limit", "X-RateLimit-Remaining")
@@ -289,7 +289,7 @@ async def test_a_revoked_key_fails_on_another_node_within_5_s(test_config, runne
                 return True
             return False
 
-        took_s = await wait_for(refused_on_b, timeout_s=5.0)
+        took_s = await wait_until(refused_on_b, timeout_s=5.0)
         assert took_s < 1.0  # the message, not the TTL
     finally:
         await a.close()
@@ -324,7 +324,7 @@ async def test_disabled_user_and_tier_change_reach_other_nodes(test_config, runn
         async def on_pro() -> bool:
             return (await b.access.authenticate(account.key)).tier.name == "pro"
 
-        await wait_for(on_pro, timeout_s=5.0)
+        await wait_until(on_pro, timeout_s=5.0)
         await UserService(runner).set_disabled("dis@example.com", True)
         await a.access.invalidate_user(account.user_id)
 
@@ -335,7 +335,7 @@ async def test_disabled_user_and_tier_change_reach_other_nodes(test_config, runn
                 return True
             return False
 
-        await wait_for(refused, timeout_s=5.0)
+        await wait_until(refused, timeout_s=5.0)
     finally:
         await a.close()
         await b.close()
@@ -383,7 +383,7 @@ async def test_usage_counts_exactly_and_shows_within_10_s(http_server_client, ru
         assert response.code == 200
         return body["data"]["today"]["live"] == 5
 
-    await wait_for(shows_all, timeout_s=10.0, interval_s=0.2)
+    await wait_until(shows_all, timeout_s=10.0, interval_s=0.2)
     response, body = await get(http_server_client, "/v1/usage", mine.key)
     assert all(name in response.headers for name in RATE_HEADERS)
     data = body["data"]
@@ -476,7 +476,7 @@ async def test_a_stream_counts_while_it_is_still_open(http_server_client, runner
             usage = await node.access.usage_for_user(account.user_id)
             return usage[-1].by_kind["stream"] == 1
 
-        await wait_for(counted, timeout_s=10.0)
+        await wait_until(counted, timeout_s=10.0)
     finally:
         writer.close()
         await writer.wait_closed()

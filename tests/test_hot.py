@@ -23,10 +23,11 @@ from btsguru.pollers.state import PollerState, PollerStateReader
 from btsguru.store.cache import RawCache, encode_entry
 from btsguru.store.hot import HotCache, live_list_name
 from btsguru.store.redis import open_redis
-from tests.access_fixtures import make_tier, migrated_sqlite, wait_for
+from tests.access_fixtures import make_tier, migrated_sqlite
 from tests.conftest import make_test_config, purge_redis_prefix
 from tests.realtime_helpers import migrate_file, servers
 from tests.store_fixtures import NOW, live, make_game, open_store
+from tests.waiting import wait_until
 
 COHERENCE_BOUND_S = 1.0  # a pub/sub delivery on a local Redis takes well under a millisecond
 
@@ -66,7 +67,7 @@ async def test_an_invalidation_reaches_every_process_and_only_there(test_config)
         async def dropped_on_b() -> bool:
             return b.get("x") is None
 
-        assert await wait_for(dropped_on_b, timeout_s=COHERENCE_BOUND_S, interval_s=0.002) \
+        assert await wait_until(dropped_on_b, timeout_s=COHERENCE_BOUND_S, interval_s=0.002) \
             < COHERENCE_BOUND_S
         assert a.get("y") == b.get("y") == b"kept"
 
@@ -115,7 +116,7 @@ async def test_a_new_raw_answer_in_one_process_is_served_by_the_other(test_confi
             async def heard_on_b() -> bool:  # else B's copy could go when the news arrives
                 return hot_b.generation > seen
 
-            await wait_for(heard_on_b, timeout_s=COHERENCE_BOUND_S, interval_s=0.002)
+            await wait_until(heard_on_b, timeout_s=COHERENCE_BOUND_S, interval_s=0.002)
             assert (await b.get("football", "leagues", {})).body == b'{"v": 1}'
             # B answers from its copy: a change behind the writers' back is not seen ...
             name = b.key_for("football", "leagues", {})
@@ -127,7 +128,7 @@ async def test_a_new_raw_answer_in_one_process_is_served_by_the_other(test_confi
             async def new_on_b() -> bool:
                 return (await b.get("football", "leagues", {})).body == b'{"v": 2}'
 
-            await wait_for(new_on_b, timeout_s=COHERENCE_BOUND_S, interval_s=0.002)
+            await wait_until(new_on_b, timeout_s=COHERENCE_BOUND_S, interval_s=0.002)
         finally:
             await a_stores.close()
             await b_stores.close()
@@ -183,7 +184,7 @@ async def test_an_ingest_in_one_process_changes_the_live_list_in_the_other(test_
                 body, _ = await b.view.live_rendered("football")
                 return [g["score"] for g in _homes(body)] == [1]
 
-            await wait_for(goal_on_b, timeout_s=COHERENCE_BOUND_S, interval_s=0.002)
+            await wait_until(goal_on_b, timeout_s=COHERENCE_BOUND_S, interval_s=0.002)
             # the pollers' state (meta.stale) invalidates it too
             await b.view.live_rendered("football")
             assert b.hot.get(live_list_name("football")) is not None
@@ -194,7 +195,7 @@ async def test_an_ingest_in_one_process_changes_the_live_list_in_the_other(test_
                 body, _ = await b.view.live_rendered("football")
                 return orjson.loads(body)["meta"]["stale"] is True
 
-            await wait_for(failing_on_b, timeout_s=COHERENCE_BOUND_S, interval_s=0.002)
+            await wait_until(failing_on_b, timeout_s=COHERENCE_BOUND_S, interval_s=0.002)
         finally:
             for node in nodes:
                 await node.store.close()
@@ -229,7 +230,7 @@ async def test_two_servers_serve_a_write_revocation_and_429_within_bounds(tmp_pa
                     [(_name, count)] = await s.redis.reverb.pubsub_numsub(s.hot.channel)
                     return int(count) >= 2
 
-                await wait_for(both_listening, timeout_s=10.0)
+                await wait_until(both_listening, timeout_s=10.0)
                 for url in urls:
                     response = await fetch(url, key)
                     assert (response.code, response.headers["X-Cache"]) == (200, "HIT")
@@ -248,7 +249,7 @@ async def test_two_servers_serve_a_write_revocation_and_429_within_bounds(tmp_pa
                     async def new_there(url: str = url) -> bool:
                         return orjson.loads((await fetch(url, key)).body) == {"response": [2]}
 
-                    await wait_for(new_there, timeout_s=COHERENCE_BOUND_S, interval_s=0.005)
+                    await wait_until(new_there, timeout_s=COHERENCE_BOUND_S, interval_s=0.005)
 
                 # a revoked key stops on every server within the contract's 5 s (at once)
                 info = await s.keys.revoke(key[:12])
@@ -258,7 +259,7 @@ async def test_two_servers_serve_a_write_revocation_and_429_within_bounds(tmp_pa
                     async def refused_there(url: str = url) -> bool:
                         return (await fetch(url, key)).code == 401
 
-                    assert await wait_for(refused_there, timeout_s=5.0) < COHERENCE_BOUND_S
+                    assert await wait_until(refused_there, timeout_s=5.0) < COHERENCE_BOUND_S
 
                 # a rate-limited user still gets 429 with the headers, whichever server
                 codes = [(await fetch(url, tiny)).code for url in (*urls, *urls)]

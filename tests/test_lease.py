@@ -3,7 +3,6 @@ or dies; a loop survives bad iterations and backs off; the schedule is shared.""
 
 from __future__ import annotations
 
-import asyncio
 import time
 
 import pytest
@@ -15,7 +14,8 @@ from btsguru.pollers.lease import Leases, lease_key
 from btsguru.pollers.scheduler import RunReport, Scheduler
 from btsguru.pollers.state import PollerState, PollerStateReader
 from btsguru.upstream.errors import UpstreamFailure
-from tests.upstream_fixtures import eventually, redis_stores
+from tests.upstream_fixtures import redis_stores
+from tests.waiting import wait_asleep, wait_until
 
 
 def host_500():
@@ -95,7 +95,7 @@ async def test_two_schedulers_one_runs_each_task_and_the_other_takes_over(test_c
             nodes[who] = scheduler
         await nodes["a"].start()
         await nodes["b"].start()
-        await eventually(lambda: _true(len(runs) >= 5), 5, "five runs")
+        await wait_until(lambda: len(runs) >= 5, 5, "five runs")
         first = runs[0]
         other = "b" if first == "a" else "a"
         assert set(runs) == {first}, runs
@@ -107,7 +107,7 @@ async def test_two_schedulers_one_runs_each_task_and_the_other_takes_over(test_c
         stopped_at = time.monotonic()
         await nodes[first].stop()
         count = len(runs)
-        await eventually(lambda: _true(other in runs[count:]), 5, "the takeover")
+        await wait_until(lambda: other in runs[count:], 5, "the takeover")
         assert time.monotonic() - stopped_at < 1.0  # a renewal tick or two, not a TTL
         assert set(runs[count:]) == {other}
 
@@ -126,7 +126,7 @@ async def test_two_schedulers_one_runs_each_task_and_the_other_takes_over(test_c
         nodes[first].add(CountingTask(runs, first))
         await nodes[first].start()
         # the new holder's own run (the dying one may finish a run of its own meanwhile)
-        await eventually(lambda: _true(first in runs), 5, "the takeover after expiry")
+        await wait_until(lambda: first in runs, 5, "the takeover after expiry")
         # it had to wait out the dead lease (less a renewal tick of clock slack)
         assert time.monotonic() - died_at >= left_ms / 1000 - 0.2, left_ms
         assert set(runs) == {first}
@@ -148,20 +148,24 @@ async def test_a_loop_survives_failures_and_backs_off(test_config):
             async def ran(n):
                 return scheduler.iterations[name] >= n
 
-            await eventually(lambda: ran(1), what="the first run")
+            await wait_until(lambda: ran(1), what="the first run")
+            await wait_asleep(clock, what="the loop, until its next run")
             row = await state.load("football", "live")
             assert row["failures"] == "1" and float(row["backoff_s"]) == 5.0  # 0.5 x 10
             assert "unreachable" in row["last_error"] and row["reason"].startswith("backoff")
             assert float(row["next_run"]) == pytest.approx(clock.time() + 20.0, abs=0.01)
             clock.advance(19.9)
-            await asyncio.sleep(0.05)
+            # the loop wakes at its wake check (15 s), reads next_run and sleeps again: a
+            # loop that ignored its backoff would have run before going back to sleep
+            await wait_asleep(clock, what="the loop, after its wake check")
             assert scheduler.iterations[name] == 1  # not before its backoff
+            assert clock.sleeping() == [pytest.approx(0.1, abs=0.01)]
             clock.advance(0.2)
-            await eventually(lambda: ran(2), what="the second run")
+            await wait_until(lambda: ran(2), what="the second run")
             row = await state.load("football", "live")
             assert row["failures"] == "2" and float(row["backoff_s"]) == 10.0  # 0.5 x 20
             clock.advance(25.1)
-            await eventually(lambda: ran(3), what="the third run")
+            await wait_until(lambda: ran(3), what="the third run")
             row = await state.load("football", "live")
             assert row["failures"] == "0" and "last_error" not in row
             assert float(row["interval_s"]) == 15 and row["reason"] == "test cadence"
@@ -187,17 +191,20 @@ async def test_after_a_host_failure_the_next_run_is_one_cadence_later(test_confi
         try:
             name = "football:live"
             for n in (1, 2, 3):
-                await eventually(lambda n=n: _true(scheduler.iterations[name] >= n),
+                await wait_until(lambda n=n: scheduler.iterations[name] >= n,
                                  what=f"run {n}")
+                await wait_asleep(clock, what=f"the loop after run {n}")
                 row = await state.load("football", "live")
                 assert row["failures"] == str(n) and float(row["backoff_s"]) == 0.0
                 assert float(row["next_run"]) == pytest.approx(clock.time() + 15, abs=0.01)
                 assert row["reason"] == f"retry after {n} failure{'s' if n > 1 else ''}"
                 clock.advance(14.9)
-                await asyncio.sleep(0.05)
+                # asleep still (or again: a loop retrying sooner would have run first)
+                await wait_asleep(clock, what=f"the loop before run {n + 1}")
                 assert scheduler.iterations[name] == n  # not sooner than its cadence
+                assert clock.sleeping() == [pytest.approx(0.1, abs=0.01)]
                 clock.advance(0.2)
-            await eventually(lambda: _true(scheduler.iterations[name] >= 4), what="recovery")
+            await wait_until(lambda: scheduler.iterations[name] >= 4, what="recovery")
             row = await state.load("football", "live")
             assert row["failures"] == "0" and float(row["interval_s"]) == 15
         finally:
@@ -217,17 +224,20 @@ async def test_the_schedule_is_shared_across_a_takeover(test_config):
 
         first = node("a")
         await first.start()
-        await eventually(lambda: _true(runs == ["a"]), what="the first run")
+        await wait_until(lambda: runs == ["a"], what="the first run")
         await first.stop()
         second = node("b")
         await second.start()
         try:
+            # b's lease keeper and its loop, each asleep on the clock: whatever b did
+            # after a step is over before the next
+            await wait_asleep(clock, 2, what="b's keeper and loop")
             for _ in range(12):  # an hour, in steps the keeper and the loop follow
                 clock.advance(300)
-                await asyncio.sleep(0.02)
+                await wait_asleep(clock, 2, what="b's keeper and loop")
             assert runs == ["a"]  # b honours a's next run, 6 h after a's
             clock.advance(5 * 3600 + 1)
-            await eventually(lambda: _true(runs == ["a", "b"]), what="b's first run")
+            await wait_until(lambda: runs == ["a", "b"], what="b's first run")
         finally:
             await second.stop()
 
@@ -241,18 +251,15 @@ async def test_wake_moves_a_sleeping_task(test_config):
         scheduler.add(CountingTask(runs, "a", interval_s=900))
         await scheduler.start()
         try:
-            await eventually(lambda: _true(len(runs) == 1), what="the first run")
+            await wait_until(lambda: len(runs) == 1, what="the first run")
             # another process moves next_run sooner: seen at the next check (60 s)
             assert await state.wake("football", "live", clock.time() + 30)
             assert not await state.wake("football", "live", clock.time() + 600)
             clock.advance(61)
-            await eventually(lambda: _true(len(runs) == 2), what="the woken run")
+            await wait_until(lambda: len(runs) == 2, what="the woken run")
             # in-process: at once
             scheduler.wake("football", "live")
-            await eventually(lambda: _true(len(runs) == 3), what="the nudged run")
+            await wait_until(lambda: len(runs) == 3, what="the nudged run")
         finally:
             await scheduler.stop()
 
-
-async def _true(value):
-    return value

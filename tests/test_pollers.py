@@ -4,7 +4,7 @@ state `/v1/sports` reads."""
 
 from __future__ import annotations
 
-import asyncio
+from collections import Counter
 from datetime import UTC, datetime
 
 import pytest
@@ -13,9 +13,10 @@ from btsguru.clock import FakeClock
 from btsguru.pollers.book import ScheduleBook
 from btsguru.pollers.budget import SportBudget
 from btsguru.pollers.cadence import CadenceSettings, Kind, is_host_failure, live_decision
+from btsguru.pollers.context import QUERIES
 from btsguru.pollers.scheduler import IterationFailed
 from btsguru.pollers.state import PollerStateReader
-from btsguru.pollers.tasks import QUERIES, LiveTask, ScheduleTask
+from btsguru.pollers.tasks import LiveTask, ScheduleTask
 from btsguru.sports import SPORTS
 from btsguru.sports.base import Phase
 from btsguru.upstream import QuotaGovernor
@@ -23,7 +24,6 @@ from tests.poller_fixtures import next_normal_game, poller_stack
 from tests.store_fixtures import make_game
 from tests.upstream_fixtures import (
     PinnedClock,
-    eventually,
     point_at,
     redis_stores,
     sim_fault,
@@ -31,6 +31,7 @@ from tests.upstream_fixtures import (
     simulator,
     with_quota,
 )
+from tests.waiting import wait_until
 
 DAY_S = 86_400
 # Fixed instants for the tests that need a time of day, on a clock the simulator and the
@@ -203,15 +204,30 @@ async def test_the_pollers_never_exceed_the_minute_quota(test_config):
             poll_live_interval_american_football_s=1,
             poll_crucial_interval_american_football_s=1)
         async with poller_stack(config) as stack:
+            # the governor's answers, counted: a refusal proves that the pollers asked for
+            # more than the minute allows; a token granted is a request on its way
+            granted: Counter[str] = Counter()
+            refused: Counter[str] = Counter()
+            take = stack.quota.try_acquire
+
+            async def counted(sport, purpose):
+                decision = await take(sport, purpose)
+                (refused if decision.token is None else granted)[sport] += 1
+                return decision
+
+            stack.quota.try_acquire = counted
             await stack.pollers.start()
 
-            async def capped():
+            async def settled():
                 stats = await sim_stats(server)
-                return all(_sport_requests(stats, s) >= quota for s in SPORTS)
+                return all(refused[s] and _sport_requests(stats, s) == granted[s]
+                           for s in SPORTS)
 
-            # every sport wants more than its minute allows (1 s live polls alone)...
-            await eventually(capped, timeout_s=20, what="every sport at its minute quota")
-            await asyncio.sleep(1.5)  # ...and keeps wanting it, still within the minute
+            # every sport wants more than its minute allows (1 s live polls alone), and
+            # every request the governor let through has reached the upstream
+            await wait_until(settled, timeout_s=20,
+                             what=lambda: f"every sport refused (refused {dict(refused)}, "
+                                          f"granted {dict(granted)})")
             stats = await sim_stats(server)
             await stack.pollers.stop()
         for sport in SPORTS:
@@ -237,7 +253,7 @@ async def test_state_for_v1_sports_and_failing(test_config):
             async def polled():
                 return (await reader.state("basketball")).last_poll_at is not None
 
-            await eventually(polled, what="a live poll")
+            await wait_until(polled, what="a live poll")
             state = await reader.state("basketball")
             live = await stack.games.live("basketball")
             assert state.live_games == len(live) > 0
@@ -252,7 +268,7 @@ async def test_state_for_v1_sports_and_failing(test_config):
             async def failing():
                 return (await reader.state("basketball")).failing
 
-            await eventually(failing, what="the failure to show")
+            await wait_until(failing, what="the failure to show")
             [row] = await reader.tasks("basketball")
             assert row.failures >= 1 and "500" in (row.last_error or "")
             # the host failed: the next run is one cadence later, no backoff on top

@@ -6,14 +6,14 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import time
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 from btsguru.config import Config
-from tests.cli_helpers import ROOT, cli_env, free_port, run_cli, wait_until
+from tests.cli_helpers import ROOT, cli_env, free_port, run_cli
+from tests.waiting import wait_until_blocking
 
 KEY = "cli-upstream-key-5f0e7d"
 
@@ -27,7 +27,8 @@ def simulate(*args: str) -> Iterator[str]:
                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     url = f"http://127.0.0.1:{port}"
     try:
-        wait_until(lambda: _answers(url) or process.poll() is not None, what="the simulator")
+        wait_until_blocking(lambda: _answers(url) or process.poll() is not None, 20,
+                            "the simulator")
         assert process.poll() is None, process.stderr.read() if process.stderr else ""
         yield url
     finally:
@@ -180,22 +181,24 @@ def test_poll_runs_until_sigterm_and_serve_no_pollers_does_not_poll(test_config)
         port = free_port()
         server = subprocess.Popen([sys.executable, "-m", "btsguru", "serve", "--port",
                                    str(port), "--no-pollers"], cwd=ROOT, env=cli_env(env),
-                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         try:
-            wait_until(lambda: _answers_health(port), what="serve --no-pollers")
-            # an absence: pollers fetch as soon as they start, so a second of serving
-            # would have shown their requests
-            time.sleep(1.0)
-            assert _stats(url)["requests"] == 0
+            wait_until_blocking(lambda: _answers_health(port), 20, "serve --no-pollers")
         finally:
             server.terminate()
-            server.wait(timeout=30)  # its own stop deadline is 25 s
+            _out, served = server.communicate(timeout=30)  # its own stop deadline is 25 s
+        # an absence, proved by the whole run: `serve` starts its pollers (and logs it)
+        # once it listens and before it waits for SIGTERM, so a serve that started them
+        # has said so by the time it has stopped
+        assert server.returncode == 0, served
+        assert "serving on port" in served and "pollers started" not in served, served
+        assert _stats(url)["requests"] == 0
 
         poller = subprocess.Popen([sys.executable, "-m", "btsguru", "poll"], cwd=ROOT,
                                   env=cli_env(env), stdout=subprocess.PIPE,
                                   stderr=subprocess.PIPE, text=True)
         try:
-            wait_until(lambda: int(str(_stats(url)["requests"])) >= 20, what="polling")
+            wait_until_blocking(lambda: int(str(_stats(url)["requests"])) >= 20, 20, "polling")
         finally:
             poller.terminate()
             _out, err = poller.communicate(timeout=20)

@@ -11,7 +11,8 @@ from btsguru.sports.base import Phase
 from tests.conftest import make_test_config
 from tests.pusher_helpers import PusherClient, api, realtime_auth
 from tests.realtime_helpers import relay
-from tests.store_fixtures import make_game, wait_for
+from tests.store_fixtures import make_game
+from tests.waiting import wait_until
 
 
 def sign(r, socket_id: str, channel: str, channel_data: str | None = None) -> str:
@@ -69,7 +70,7 @@ async def test_over_capacity_per_ip_is_4100(tmp_path):
         assert await third.closed() == 4100
         first.close()
         # the slot comes back: a retry (what pusher-js does after 4100) gets in
-        await wait_for(lambda: len(r.services.hub.connections) == 1)
+        await wait_until(lambda: len(r.services.hub.connections) == 1)
         again = await PusherClient.connect(r)
         again.close()
         second.close()
@@ -97,7 +98,7 @@ async def test_public_game_channel_gets_events_with_string_data(tmp_path):
         got = await client.recv_until(lambda m: m["event"] == "game.score")
         assert [m["event"] for m in got].count("game.score") == 1
         await client.send("pusher:unsubscribe", {"channel": "sports.football"})
-        await wait_for(lambda: r.services.hub.subscriber_count() == 0)
+        await wait_until(lambda: r.services.hub.subscriber_count() == 0)
         client.close()
 
 
@@ -156,8 +157,8 @@ async def test_private_game_channel_resumes_after_a_reconnect(tmp_path):
         await kick_off(r)
         await client.expect("game.started")
         client.close()
-        await wait_for(lambda: not r.services.hub.connections)
-        await wait_for(lambda: not r.services.pusher._cleanups)
+        await wait_until(lambda: not r.services.hub.connections)
+        await wait_until(lambda: not r.services.pusher._cleanups)
         # missed while away
         await r.services.games.ingest("football", [make_game(
             1001, phase=Phase.LIVE, code="1H", home=1, away=0, clock="9", period=1)])

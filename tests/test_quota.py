@@ -15,6 +15,7 @@ from btsguru.store.redis import open_redis
 from btsguru.upstream import QuotaGovernor, RateLimitInfo, parse_rate_limits
 from btsguru.upstream.quota import seconds_until_utc_midnight, utc_day
 from tests.upstream_fixtures import redis_stores, with_quota
+from tests.waiting import wait_until
 
 
 def run(coro):
@@ -127,15 +128,24 @@ def test_wait_acquire_sleeps_on_the_clock_until_the_window_frees(test_config):
             # a wait shorter than the time to the next free token gives up at once
             assert not await governor.wait_acquire("baseball", timeout_s=10)
             assert clock.time() == started
-            task = asyncio.create_task(governor.wait_acquire("baseball", timeout_s=120))
+
+            async def acquired_at() -> tuple[bool, float]:
+                took = await governor.wait_acquire("baseball", timeout_s=120)
+                return took, clock.time()
+
+            task = asyncio.create_task(acquired_at())
             for _ in range(200):
+                # the waiter is asleep on the clock (or done): a second's step is seen
+                # at once, and the clock tells exactly when it got its token
+                await wait_until(lambda: task.done() or clock.sleeping(),
+                                 what="the waiter asleep on the clock")
                 if task.done():
                     break
                 clock.advance(1)
-                await asyncio.sleep(0.005)
-            assert task.done() and task.result() is True
-            assert clock.time() - started >= governor.window_s
-            assert clock.time() - started <= governor.window_s + 2
+            took, at = task.result()
+            assert took is True
+            assert at - started >= governor.window_s  # not before the window frees
+            assert at - started <= governor.window_s + 2
 
     run(scenario())
 

@@ -11,8 +11,8 @@ from btsguru.auth.ratelimit import RateDecision, RateLimiter, RatePolicy
 from btsguru.clock import FakeClock, SystemClock
 from btsguru.errors import Unavailable
 from btsguru.store.redis import open_redis
-from tests.access_fixtures import wait_for
 from tests.conftest import make_test_config
+from tests.waiting import wait_until
 
 FREE = RatePolicy(burst=60, refill_per_s=1.0, daily_quota=1000)  # 60 per 60 s
 
@@ -56,7 +56,7 @@ async def test_tokens_refill_with_time(test_config):
         async def allowed_again() -> bool:
             return (await limiter.check(1, fast)).allowed
 
-        await wait_for(allowed_again, timeout_s=2.0, interval_s=0.005)
+        await wait_until(allowed_again, timeout_s=2.0, interval_s=0.005)
         # One token takes 50 ms at 20 per second; polling costs nothing while refused.
         assert time.monotonic() - started >= 0.03
         assert not (await limiter.check(1, fast)).allowed  # that token was the only one

@@ -28,7 +28,8 @@ from typing import Any
 
 import pytest
 
-from tests.cli_helpers import ROOT, cli_env, free_port, wait_until
+from tests.cli_helpers import ROOT, cli_env, free_port
+from tests.waiting import wait_until_blocking
 
 README = ROOT / "README.md"
 SET_UP = ("demo-command", "test-command")
@@ -108,7 +109,7 @@ def demo(tmp_path_factory):
         return "health" in line
 
     try:
-        wait_until(banner_read, timeout_s=60, what="the demo's banner")
+        wait_until_blocking(banner_read, timeout_s=60, what="the demo's banner")
         key = next(line.split()[-1] for line in lines if "API key" in line)
         yield port, key, cwd
     finally:
@@ -159,7 +160,7 @@ def test_every_readme_example_works_as_written_against_the_demo(demo):
                          f"&season={league['season']}", key)
         return status == 200
 
-    wait_until(warm, timeout_s=60, interval_s=0.5, what="the demo's first polls")
+    wait_until_blocking(warm, timeout_s=60, interval_s=0.5, what="the demo's first polls")
     ran = 0
     for example in examples(README.read_text()):
         if example.not_run is not None:

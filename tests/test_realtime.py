@@ -26,7 +26,8 @@ from tests.realtime_helpers import (
     events,
     relay,
 )
-from tests.store_fixtures import goal, make_game, wait_for
+from tests.store_fixtures import goal, make_game
+from tests.waiting import wait_until
 
 
 def match(game_id: int = 1001, league: int = 39, sport: str = "football") -> list[Game]:
@@ -277,7 +278,7 @@ async def test_a_client_that_stops_reading_for_good_is_closed_4010(tmp_path, mon
                                  {"blob": "x" * 20_000, "n": n})
             if conn.closed:
                 break
-        await wait_for(lambda: conn.closed, timeout_s=10)
+        await wait_until(lambda: conn.closed, timeout_s=10)
         # what the socket already held arrives, then the close frame
 
         def close_code() -> int | None:
@@ -368,7 +369,7 @@ async def test_bad_keys_and_tier_limits(tmp_path):
         assert (await sse.response.json())["error"]["code"] == "too_many_connections"
         await sse.close()
         await second.close()  # a slot comes back when a stream ends
-        await wait_for(lambda: r.services.hub.slots.local[_user(r, "free")] == 1)
+        await wait_until(lambda: r.services.hub.slots.local[_user(r, "free")] == 1)
         fourth = await WsClient.connect(r.ws_url, r.keys["free"])
         await fourth.send({"op": "ping"})
         assert await fourth.recv() == {"op": "pong"}
@@ -418,10 +419,10 @@ async def test_permessage_deflate_frames_are_shared_and_decode(tmp_path):
 async def test_dead_peers_are_found_by_pings(tmp_path):
     async with relay(tmp_path, websocket_ping_interval=0.2, websocket_ping_timeout=0.2) as r:
         silent = await asyncio.to_thread(RawWsClient, r.port, f"/v1/ws?api_key={r.keys['pro']}")
-        await wait_for(lambda: len(r.services.hub.connections) == 1)
+        await wait_until(lambda: len(r.services.hub.connections) == 1)
         # it never reads, so it never answers a ping: the server lets it go (after the
         # ping timeout and Tornado's 5 s wait for a close handshake)
-        await wait_for(lambda: not r.services.hub.connections, timeout_s=10)
+        await wait_until(lambda: not r.services.hub.connections, timeout_s=10)
         silent.close()
 
 

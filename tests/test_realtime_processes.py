@@ -19,8 +19,9 @@ from btsguru.realtime.slots import StreamSlots
 from btsguru.store.redis import Keys, open_redis
 from tests.conftest import make_test_config, purge_redis_prefix
 from tests.realtime_helpers import SseClient, WsClient, events, make_users, migrate_file, servers
-from tests.store_fixtures import open_store, wait_for
+from tests.store_fixtures import open_store
 from tests.test_realtime import finished, match
+from tests.waiting import wait_until
 
 
 @pytest.fixture(scope="module")
@@ -140,7 +141,7 @@ async def test_connection_limits_hold_across_processes(cluster):
         client.close()
         return reply == {"op": "pong"}
 
-    await wait_for(admitted, timeout_s=5, interval_s=0.1)
+    await wait_until(admitted, timeout_s=5, interval_s=0.1)
     await second.close()
 
 

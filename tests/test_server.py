@@ -21,8 +21,9 @@ import tornado.websocket
 from tornado.httpclient import HTTPClientError
 
 from btsguru.app import make_app, open_services
-from tests.cli_helpers import ROOT, cli_env, free_port, wait_until
+from tests.cli_helpers import ROOT, cli_env, free_port
 from tests.conftest import make_test_config, purge_redis_prefix
+from tests.waiting import wait_until_blocking
 
 
 def get_json(url: str) -> tuple[int, dict]:
@@ -72,14 +73,15 @@ def test_serve_answers_health_and_stops_cleanly_on_sigterm(tmp_path, processes):
     process = start(["serve", "--port", str(port), "--processes", str(processes)],
                     serve_env(config))
     try:
-        wait_until(lambda: answers(f"http://127.0.0.1:{port}/healthz"), what="serve to answer")
+        wait_until_blocking(lambda: answers(f"http://127.0.0.1:{port}/healthz"), 20,
+                            "serve to answer")
         assert get_json(f"http://127.0.0.1:{port}/healthz") == (200, {"status": "ok"})
         status, body = get_json(f"http://127.0.0.1:{port}/readyz")
         assert status == 200, body
         assert body["checks"] == {"redis": "ok", "database": "ok"}
         # each worker listens on its own socket (SO_REUSEPORT): the kernel spreads
         # connections over them instead of handing a burst to whoever wakes first
-        wait_until(lambda: listeners(port) == processes, what="every worker to listen")
+        wait_until_blocking(lambda: listeners(port) == processes, 20, "every worker to listen")
     finally:
         code, _out, err = stop(process)
         purge_redis_prefix(config)
@@ -100,8 +102,8 @@ def test_demo_runs_with_no_servers_and_prints_what_a_newcomer_needs(tmp_path):
                     cwd=tmp_path)
     try:
         lines: list[str] = []
-        wait_until(lambda: _read_until(process, lines, "health"), timeout_s=60,
-                   what="the demo banner")
+        wait_until_blocking(lambda: _read_until(process, lines, "health"), timeout_s=60,
+                            what="the demo banner")
         text = "\n".join(lines)
         assert "demo@btsguru.local" in text and "btsguru-demo" in text
         key = next(line.split()[-1] for line in lines if "API key" in line)
@@ -194,7 +196,8 @@ def test_the_readmes_laravel_env_block_works_as_it_is(tmp_path):
     process = start(["serve", "--processes", "1"],
                     {**serve_env(config), "REVERB_SERVER_PORT": str(port)}, cwd=tmp_path)
     try:
-        wait_until(lambda: answers(f"http://127.0.0.1:{port}/healthz"), what="serve to answer")
+        wait_until_blocking(lambda: answers(f"http://127.0.0.1:{port}/healthz"), 20,
+                            "serve to answer")
         endpoint = f"ws://127.0.0.1:{port}/app/{laravel.reverb_app_key}?protocol=7"
         greeting = asyncio.run(_pusher_greeting(endpoint))
         assert greeting == "pusher:connection_established"

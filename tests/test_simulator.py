@@ -16,15 +16,8 @@ import pytest
 
 from btsguru.simulator import SimulatorOptions, run_simulator, start_simulator
 from tests.cli_helpers import free_port
-from tests.simulator_helpers import (
-    control,
-    fetch,
-    get_json,
-    running,
-    status_of,
-    utc_day,
-    wait_for,
-)
+from tests.simulator_helpers import control, fetch, get_json, running, status_of, utc_day
+from tests.waiting import wait_until
 
 TOKEN = ("Error/Missing application key. Go to https://www.api-football.com/documentation-v3 "
          "to learn how to get your API application key.")
@@ -365,7 +358,7 @@ async def test_timeout_fault_holds_one_request_without_blocking_others():
         async def counted() -> bool:
             return (await control(server, "stats"))[1]["requests"] >= 1
 
-        await wait_for(counted, what="the held request to arrive")
+        await wait_until(counted, what="the held request to arrive")
         code, _ = await get_json(server, "/hockey/games?date=2026-01-01")
         assert code == 200 and not held.done()  # served while the other one is held
         response = await held
@@ -381,7 +374,7 @@ async def test_stopping_releases_a_request_held_by_a_timeout_fault():
     async def counted() -> bool:
         return (await control(server, "stats"))[1]["requests"] >= 1
 
-    await wait_for(counted, what="the held request to arrive")
+    await wait_until(counted, what="the held request to arrive")
     started = time.monotonic()
     await server.stop()
     response = await held
@@ -432,7 +425,7 @@ async def test_speed_runs_simulated_time_faster():
         async def ahead() -> bool:
             return (await control(server, "clock"))[1]["offset_s"] > 60
 
-        await wait_for(ahead, what="simulated time to run ahead")
+        await wait_until(ahead, what="simulated time to run ahead")
 
 
 async def test_start_rejects_bad_options_and_run_stops_on_cancel(caplog):
@@ -447,7 +440,7 @@ async def test_start_rejects_bad_options_and_run_stops_on_cancel(caplog):
         async def listening() -> bool:
             return any(f"http://127.0.0.1:{port}" in r.getMessage() for r in caplog.records)
 
-        await wait_for(listening, what="the start-up line")
+        await wait_until(listening, what="the start-up line")
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task

@@ -13,6 +13,7 @@ from btsguru.sports import SPORTS
 from btsguru.sports.standings import StandingRow, normalize_standings, standings_season
 from btsguru.store.redis import open_redis
 from btsguru.store.standings import StandingsStore
+from tests.waiting import wait_until
 
 FOOTBALL = [{"league": {"id": 39, "season": 2024, "standings": [[
     {"rank": 1, "team": {"id": 40, "name": "Liverpool"}, "points": 84, "group": "Premier League",
@@ -156,7 +157,7 @@ async def test_standings_wait_for_the_schedule_then_come_at_once(test_config):
     from btsguru.pollers.state import PollerStateReader
     from btsguru.pollers.tasks import STANDINGS_CHECK_S, ScheduleTask, StandingsTask
     from tests.poller_fixtures import poller_stack
-    from tests.upstream_fixtures import eventually, point_at, simulator, with_quota
+    from tests.upstream_fixtures import point_at, simulator, with_quota
 
     assert WAKE_CHECK_S * 2 < STANDINGS_CHECK_S
     async with simulator() as server:
@@ -171,7 +172,7 @@ async def test_standings_wait_for_the_schedule_then_come_at_once(test_config):
                 return any(r.task == "standings" and r.reason == "waiting for the schedule"
                            for r in rows)
 
-            await eventually(waiting, what="the standings task to wait for the schedule")
+            await wait_until(waiting, what="the standings task to wait for the schedule")
             [before] = [r for r in await reader.tasks("football") if r.task == "standings"]
             assert before.next_run is not None
             assert before.next_run >= stack.clock.time() + STANDINGS_CHECK_S - 30

@@ -13,7 +13,8 @@ from btsguru.backoff import Backoff
 from btsguru.store.bus import BusEvent, InMemoryBus, RedisBus, decode_message, encode_message
 from btsguru.store.redis import open_redis
 from tests.access_fixtures import migrated_sqlite
-from tests.store_fixtures import goal, live, make_game, open_store, wait_for
+from tests.store_fixtures import goal, live, make_game, open_store
+from tests.waiting import wait_until
 
 
 @pytest.fixture
@@ -59,7 +60,7 @@ async def test_a_subscriber_receives_what_another_process_published_in_order(bus
         await publisher.publish(event(n))
     await publisher.publish(event(99, channel="sports.football.140.7"))
     await publisher.publish(event(98, channel="sports.american-football.1.5"))
-    await wait_for(lambda: len(got) >= 151)
+    await wait_until(lambda: len(got) >= 151)
     for channel in ("sports.football", "sports.football.39", "sports.football.39.1001"):
         assert [seq for ch, _, seq in got if ch == channel and seq < 90] == list(range(1, 51))
     assert [ch for ch, _, seq in got if seq == 99] == ["sports.football"]
@@ -73,11 +74,11 @@ async def test_unsubscribe_stops_delivery(buses):
     await subscriber.subscribe("sports.football.39", lambda ch, ev: got.append(ev.id))
     await subscriber.subscribe("sports.football", lambda ch, ev: kept.append(ev.id))
     await publisher.publish(event(1))
-    await wait_for(lambda: len(got) == 1 and len(kept) == 1)
+    await wait_until(lambda: len(got) == 1 and len(kept) == 1)
     callback = subscriber._subscriptions["sports.football.39"].callbacks[0]
     await subscriber.unsubscribe("sports.football.39", callback)
     await publisher.publish(event(2))
-    await wait_for(lambda: len(kept) == 2)
+    await wait_until(lambda: len(kept) == 2)
     assert got == ["1001-0"]
 
 
@@ -88,7 +89,7 @@ async def test_the_bus_resubscribes_after_its_connection_is_killed(buses):
     subscriber.on_reconnect(lambda: reconnects.append(1))
     await subscriber.subscribe("sports.hockey", lambda ch, ev: got.append(ev.data["seq"]))
     await publisher.publish(event(1, channel="sports.hockey.5.6"))
-    await wait_for(lambda: got == [1])
+    await wait_until(lambda: got == [1])
     admin = redis.Redis(host="127.0.0.1", port=6379)
     try:
         ids = [c["id"] for c in admin.client_list() if c.get("name") == name]
@@ -97,7 +98,7 @@ async def test_the_bus_resubscribes_after_its_connection_is_killed(buses):
             admin.client_kill_filter(_id=client_id)
     finally:
         admin.close()
-    await wait_for(lambda: len(reconnects) > 0, timeout_s=10)
+    await wait_until(lambda: len(reconnects) > 0, timeout_s=10)
     n = 1
 
     async def delivered():
@@ -106,7 +107,7 @@ async def test_the_bus_resubscribes_after_its_connection_is_killed(buses):
         await publisher.publish(event(n, channel="sports.hockey.5.6"))
         return len(got) > 1
 
-    await wait_for(delivered, timeout_s=10, interval_s=0.05)
+    await wait_until(delivered, timeout_s=10, interval_s=0.05)
     assert got[0] == 1 and got[1:] == sorted(got[1:])
 
 
@@ -121,7 +122,7 @@ async def test_game_changes_reach_another_process_with_their_history_ids(test_co
         await writer.games.ingest("football", [game])
         result = await writer.games.ingest("football",
                                            [live(game, 1, 0, 12, events=(goal(11),))])
-        await wait_for(lambda: len(got) == len(result.changes) == 2)
+        await wait_until(lambda: len(got) == len(result.changes) == 2)
         assert [(e.id, e.event, e.channel, e.data) for e in got] == [
             (c.id, c.event, "sports.football.39.1001", c.change.to_json())
             for c in result.changes]

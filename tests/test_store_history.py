@@ -9,7 +9,8 @@ import pytest
 
 from btsguru.store.history import HISTORY_RETENTION_S, history_key, parse_stream_id
 from tests.access_fixtures import migrated_sqlite
-from tests.store_fixtures import goal, live, make_game, open_store, wait_for
+from tests.store_fixtures import goal, live, make_game, open_store
+from tests.waiting import wait_until
 
 
 @pytest.fixture
@@ -89,7 +90,7 @@ async def test_append_publishes_other_events_with_an_id(node):
     stored = await node.history.append("football", "news", "sports.football.39",
                                        {"text": "kick-off moved"})
     assert stored.league_id == 39 and stored.game_id is None and stored.seq is None
-    await wait_for(lambda: len(got) == 1)
+    await wait_until(lambda: len(got) == 1)
     assert got[0].id == stored.id and got[0].data == {"text": "kick-off moved"}
     assert got[0].channel == "sports.football.39"
     assert await node.history.last_id("football") == stored.id

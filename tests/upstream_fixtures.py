@@ -3,9 +3,8 @@ in-process on an ephemeral port, and its control API."""
 
 from __future__ import annotations
 
-import asyncio
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -110,14 +109,3 @@ async def upstream_client(config: Config, *, clock: Clock | None = None,
             yield client
         finally:
             await client.close()
-
-
-async def eventually(condition: Callable[[], Awaitable[bool]], timeout_s: float = 10.0,
-                     what: str = "condition") -> None:
-    """Poll an async condition until it holds; fail after the timeout."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if await condition():
-            return
-        await asyncio.sleep(0.02)
-    raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")

@@ -20,20 +20,12 @@ from btsguru.config import Config
 from btsguru.pollers.book import DueBook, ScheduleBook
 from btsguru.pollers.budget import SportBudget
 from btsguru.pollers.cadence import CadenceSettings
+from btsguru.pollers.context import QUERIES, GameSink, SportContext, StandingsSink
 from btsguru.pollers.fetch import Fetcher
 from btsguru.pollers.lease import Leases
 from btsguru.pollers.scheduler import IterationFailed, RunReport, Scheduler, Task
 from btsguru.pollers.state import PollerState, PollerStateReader
-from btsguru.pollers.tasks import (
-    QUERIES,
-    GameSink,
-    LiveTask,
-    ScheduleTask,
-    SportContext,
-    StandingsSink,
-    StandingsTask,
-    StaticTask,
-)
+from btsguru.pollers.tasks import LiveTask, ScheduleTask, StandingsTask, StaticTask
 from btsguru.store.cache import RawCache
 from btsguru.store.redis import RedisStores
 from btsguru.store.series import SeriesRecorder

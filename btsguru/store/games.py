@@ -34,8 +34,7 @@ round trips (a pipelined read, then a pipeline of scripts).
 Persistence: every game seen (first sighting or any change; not mere clock ticks) is
 upserted into `GameRecord` through the runner's single writer, batched per ingest call;
 rows that fail to write stay pending and go with the next call, so a database outage
-delays persistence without failing the poll. Last writer wins in the database: the
-lease makes the pollers the only writers, and their last write is a game's last state.
+delays persistence without failing the poll (the database side is `store.game_records`).
 """
 
 from __future__ import annotations
@@ -44,20 +43,26 @@ import builtins
 import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, date, datetime
 from typing import Any
 
 import orjson
-import peewee
 
 from btsguru.clock import Clock
-from btsguru.db import models
-from btsguru.db.models import GameRecord, to_db_time, utc_now
 from btsguru.db.runner import DatabaseRunner
 from btsguru.diff import diff_games
 from btsguru.sports.base import Change, Game, Phase, game_from_json, game_to_json
 from btsguru.sports.static import LeagueInfo, TeamInfo
 from btsguru.store.bus import Bus, BusEvent, game_channel
+from btsguru.store.game_records import (
+    UTC_FORMAT,
+    games_by_id,
+    games_on,
+    start_of,
+    upsert_games,
+    upsert_leagues,
+    upsert_teams,
+)
 from btsguru.store.history import (
     APPEND_LUA,
     HISTORY_MAX_ENTRIES,
@@ -74,9 +79,6 @@ GAME_TTL_S = 3 * 86400  # finished games stay in Redis 3 days, then the database
 SEQ_TTL_S = 30 * 86400  # a postponed game that returns within a month keeps its numbering
 INGEST_MARK_TTL_S = 86400
 CAS_ATTEMPTS = 8  # a conflict needs another writer; eight in a row means something is off
-DB_BATCH_ROWS = 200  # rows per INSERT: far under SQLite's bound-variable limit
-UTC_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
-EPOCH = datetime(1970, 1, 1)  # naive UTC, as the database stores times
 
 # KEYS: game, seq, live set, new day zset, old day zset, history stream
 # ARGV: the stored game as read ('' = absent; compared whole: Lua's redis.sha1hex is
@@ -237,7 +239,7 @@ class GameStore:
                  for i, game in enumerate(games)]
         missing = [p.new.id for p in plans if p.old_raw is None]
         if missing:
-            known = await self._runner.read(_db_games_by_id, sport, missing)
+            known = await self._runner.read(games_by_id, sport, missing)
             for plan in plans:
                 if plan.old_raw is None and plan.new.id in known:
                     plan.old, plan.from_db = known[plan.new.id], True
@@ -312,7 +314,7 @@ class GameStore:
             return
         batch, self._pending = self._pending, {}
         try:
-            await self._runner.write(_upsert_games, list(batch.values()))
+            await self._runner.write(upsert_games, list(batch.values()))
         except Exception as exc:
             for key, game in batch.items():
                 self._pending.setdefault(key, game)  # a newer state may have come meanwhile
@@ -324,7 +326,7 @@ class GameStore:
         raw = await self._redis.get(self._game_key(sport, game_id))
         if raw is not None:
             return _decode(raw)
-        known = await self._runner.read(_db_games_by_id, sport, [game_id])
+        known = await self._runner.read(games_by_id, sport, [game_id])
         return known.get(game_id)
 
     async def live(self, sport: str) -> list[Game]:
@@ -362,7 +364,7 @@ class GameStore:
             if exists:
                 games = await self._by_ids(sport, [int(i) for i in ids], fall_back=True)
         if games is None:
-            games = await self._runner.read(_db_games_on, sport, day, league, team,
+            games = await self._runner.read(games_on, sport, day, league, team,
                                             phase.value if phase else None)
         return _ordered(g for g in games if _matches(g, league, team, phase))
 
@@ -374,18 +376,18 @@ class GameStore:
         games = [_decode(r) for r in raw if r is not None]
         missing = [i for i, r in zip(ids, raw, strict=True) if r is None]
         if missing and fall_back:
-            games += (await self._runner.read(_db_games_by_id, sport, missing)).values()
+            games += (await self._runner.read(games_by_id, sport, missing)).values()
         return games
 
     # -- static data --
 
     async def save_leagues(self, sport: str, leagues: Sequence[LeagueInfo]) -> None:
         if leagues:
-            await self._runner.write(_upsert_leagues, sport, list(leagues))
+            await self._runner.write(upsert_leagues, sport, list(leagues))
 
     async def save_teams(self, sport: str, teams: Sequence[TeamInfo]) -> None:
         if teams:
-            await self._runner.write(_upsert_teams, sport, list(teams))
+            await self._runner.write(upsert_teams, sport, list(teams))
 
     async def close(self) -> None:
         await self.flush()
@@ -404,20 +406,13 @@ def _same_observation(old: Game, new: Game) -> bool:
     return seen == old
 
 
-def _start(game: Game) -> datetime | None:
-    try:
-        return datetime.strptime(game.start_time, UTC_FORMAT).replace(tzinfo=UTC)
-    except ValueError:
-        return None  # normalize gives "" when the upstream sent no usable time
-
-
 def _start_epoch(game: Game) -> int | None:
-    start = _start(game)
+    start = start_of(game)
     return int(start.timestamp()) if start else None
 
 
 def _day_of(game: Game) -> date | None:
-    start = _start(game)
+    start = start_of(game)
     return start.date() if start else None
 
 
@@ -433,86 +428,3 @@ def _matches(game: Game, league: int | None, team: int | None, phase: Phase | No
 
 def _ordered(games: Iterable[Game]) -> list[Game]:
     return sorted(games, key=lambda g: (g.start_time, g.id))
-
-
-# -- in the database's threads --
-
-def _upsert(model: type[models.BaseModel], rows: list[dict[str, Any]],
-            conflict: Sequence[peewee.Field], preserve: Sequence[peewee.Field]) -> None:
-    db = model._meta.database
-    db = getattr(db, "obj", db)  # the proxy's target
-    for at in range(0, len(rows), DB_BATCH_ROWS):
-        query = model.insert_many(rows[at:at + DB_BATCH_ROWS])
-        if isinstance(db, peewee.MySQLDatabase):
-            query = query.on_conflict(preserve=list(preserve))  # ON DUPLICATE KEY: no target
-        else:
-            query = query.on_conflict(conflict_target=list(conflict), preserve=list(preserve))
-        query.execute()
-
-
-def _upsert_games(games: list[Game]) -> None:
-    now = utc_now()
-    rows = []
-    for game in games:
-        start = _start(game)
-        rows.append({
-            "sport": game.sport, "id": game.id, "league_id": game.league.id,
-            "start_time": to_db_time(start) if start else EPOCH,
-            "phase": game.status.phase.value, "status_code": game.status.code[:16],
-            "home_team_id": game.home.id, "away_team_id": game.away.id,
-            "data": orjson.dumps(game_to_json(game)), "updated_at": now,
-        })
-    G = GameRecord
-    _upsert(GameRecord, rows, (G.sport, G.id),
-            (G.league_id, G.start_time, G.phase, G.status_code, G.home_team_id,
-             G.away_team_id, G.data, G.updated_at))
-
-
-def _db_games_by_id(sport: str, ids: Sequence[int]) -> dict[int, Game]:
-    out: dict[int, Game] = {}
-    for at in range(0, len(ids), DB_BATCH_ROWS):
-        query = GameRecord.select(GameRecord.id, GameRecord.data).where(
-            (GameRecord.sport == sport) & GameRecord.id.in_(list(ids[at:at + DB_BATCH_ROWS])))
-        for row in query:
-            out[row.id] = game_from_json(orjson.loads(row.data))
-    return out
-
-
-def _db_games_on(sport: str, day: date, league: int | None, team: int | None,
-                 phase: str | None) -> list[Game]:
-    start = datetime(day.year, day.month, day.day)  # naive UTC, as stored
-    G = GameRecord
-    query = G.select(G.data).where((G.sport == sport) & (G.start_time >= start)
-                                   & (G.start_time < start + timedelta(days=1)))
-    if league is not None:
-        query = query.where(G.league_id == league)
-    if team is not None:
-        query = query.where((G.home_team_id == team) | (G.away_team_id == team))
-    if phase is not None:
-        query = query.where(G.phase == phase)
-    return [game_from_json(orjson.loads(row.data)) for row in query.order_by(G.start_time, G.id)]
-
-
-def _upsert_leagues(sport: str, leagues: list[LeagueInfo]) -> None:
-    now = utc_now()
-    rows = [{"sport": sport, "id": lg.id, "name": lg.name[:200],
-             "country": lg.country[:100] if lg.country else None,
-             "season": str(lg.season)[:16] if lg.season is not None else None,
-             "logo": lg.logo[:500] if lg.logo else None,
-             "data": orjson.dumps(lg.to_json()), "updated_at": now} for lg in leagues]
-    L = models.League
-    _upsert(L, rows, (L.sport, L.id), (L.name, L.country, L.season, L.logo, L.data,
-                                       L.updated_at))
-
-
-def _upsert_teams(sport: str, teams: list[TeamInfo]) -> None:
-    now = utc_now()
-    rows = [{"sport": sport, "id": t.id, "name": t.name[:200],
-             "logo": t.logo[:500] if t.logo else None, "league_id": t.league_id,
-             "data": orjson.dumps(t.to_json()), "updated_at": now} for t in teams]
-    T = models.Team
-    # a team listed without a league keeps the league it had
-    preserve = (T.name, T.logo, T.data, T.updated_at) if any(
-        t.league_id is None for t in teams) else (T.name, T.logo, T.league_id, T.data,
-                                                  T.updated_at)
-    _upsert(T, rows, (T.sport, T.id), preserve)

@@ -19,7 +19,7 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -330,23 +330,6 @@ def id_ms(id: str | None) -> int:
     if not STREAM_ID_RE.match(id):
         id = cursor_positions(id)[SPORT]
     return int(id.split("-")[0])
-
-
-async def wait_until(condition: Any, timeout_s: float, what: str | Callable[[], str],
-                     interval_s: float = 0.1) -> float:
-    """Poll `condition()` (sync or async) until true; seconds it took. AssertionError
-    naming `what` (or what `what()` says then) after `timeout_s`."""
-    started = time.monotonic()
-    while True:
-        result = condition()
-        if asyncio.iscoroutine(result):
-            result = await result
-        if result:
-            return time.monotonic() - started
-        if time.monotonic() - started > timeout_s:
-            said = what() if callable(what) else what
-            raise AssertionError(f"{said}: not within {timeout_s:g} s")
-        await asyncio.sleep(interval_s)
 
 
 # -- REST --

@@ -52,7 +52,6 @@ from btsguru.db.runner import DatabaseRunner
 from btsguru.errors import Unauthorized, Unavailable
 from btsguru.store.redis import open_redis
 from tests.access_fixtures import CountingKeys, make_account, migrated_sqlite
-from tests.chaos.redis_helpers import wait_until
 from tests.chaos.tcp_proxy import TcpProxy
 from tests.chaos.upstream_helpers import (
     LONG,
@@ -64,6 +63,7 @@ from tests.chaos.upstream_helpers import (
     upstream,
 )
 from tests.conftest import SERVER_ENGINES
+from tests.waiting import STACK_INTERVAL_S, wait_until
 
 pytestmark = pytest.mark.timeout(600 if LONG else 150)
 
@@ -275,22 +275,25 @@ async def outage(relay: Relay, proxy: TcpProxy, direct_url: str) -> dict[str, An
         story.start(session, base, key)
         usage.made["stream"] += 1
         await asyncio.wait_for(story.connected.wait(), 10)
-        await wait_until(lambda: _live(session, relay, usage), WARM_UP_S, "warm-up")
+        await wait_until(lambda: _live(session, relay, usage), WARM_UP_S, "warm-up",
+                         interval_s=STACK_INTERVAL_S)
         prober.start(session)
-        await wait_until(lambda: len(prober.answers) >= 12, 10, "traffic before the cut")
+        await wait_until(lambda: len(prober.answers) >= 12, 10, "traffic before the cut",
+                         interval_s=STACK_INTERVAL_S)
 
         proxy.cut()
         cut_at = time.monotonic()
         events_before = len(story.events)
         during = await _during_outage(session, relay, usage)
         await wait_until(lambda: time.monotonic() - cut_at >= OUTAGE_S, OUTAGE_S + 1,
-                         "the outage's length")
+                         "the outage's length", interval_s=STACK_INTERVAL_S)
         served = prober.since(cut_at)
         events_during = len(story.events) - events_before
         proxy.restore()
         restored_at = time.monotonic()
         ready_s = await wait_until(lambda: _ready(session, base), RECONNECT_S,
-                                   "/readyz after the database came back")
+                                   "/readyz after the database came back",
+                                   interval_s=STACK_INTERVAL_S)
         login_after = await console_login(base)
         await prober.stop()
         await story.stop()
@@ -308,7 +311,8 @@ async def outage(relay: Relay, proxy: TcpProxy, direct_url: str) -> dict[str, An
         # generous: the flush and the roll-up share two cores with the parallel run
         await wait_until(usage_caught_up, 60,
                          lambda: f"/v1/usage showing every request (it showed "
-                                 f"{shown[-1]} of {usage.total - 1}: {dict(usage.made)})")
+                                 f"{shown[-1]} of {usage.total - 1}: {dict(usage.made)})",
+                         interval_s=STACK_INTERVAL_S)
         rolled = await _rollup(relay, direct_url, usage.total)
 
     assert [a for a in served if a.status != 200] == [], "a hot path failed without the DB"
@@ -349,7 +353,8 @@ async def _during_outage(session: aiohttp.ClientSession, relay: Relay,
     """What needs the database, and a new stream, once the auth cache has had to ask it
     (its TTL is 4 s: wait past it first, by the readiness check's own failure)."""
     base, key = relay.stack.base_url, relay.stack.api_key
-    await wait_until(lambda: _not_ready(session, base), 10, "/readyz failing")
+    await wait_until(lambda: _not_ready(session, base), 10, "/readyz failing",
+                     interval_s=STACK_INTERVAL_S)
     await asyncio.sleep(5)  # past the auth cache's TTL: the key must now be served stale
     status, _, ready = await get(session, f"{base}/readyz")
     admitted = await stream_admitted(base, key)
@@ -392,7 +397,7 @@ async def _rollup(relay: Relay, direct_url: str, expected: int) -> dict[str, Any
                 requests += int(value) if text.endswith(":r") else 0
             return requests == expected
 
-        await wait_until(flushed, 10, "the server's usage flush")
+        await wait_until(flushed, 10, "the server's usage flush", interval_s=STACK_INTERVAL_S)
         totals = []
         for _ in range(3):
             await usage.rollup()

@@ -50,9 +50,9 @@ from tests.chaos.redis_helpers import (
     lease_holders,
     live_stack,
     private_redis,
-    wait_until,
 )
 from tests.pusher_helpers import PusherClient, realtime_auth
+from tests.waiting import STACK_INTERVAL_S, wait_until
 
 WS_PER_SERVER, SSE_PER_SERVER = (30, 15) if LONG else (6, 3)
 EVENTS_BEFORE = 5
@@ -155,7 +155,7 @@ async def chaos(stack: Stack, servers: dict[int, tuple[Any, str]],
         held: list[aiohttp.ClientWebSocketResponse] = []
         try:
             await wait_until(lambda: all(c.subscribed.is_set() for c in clients), 30,
-                             "every client subscribed")
+                             "every client subscribed", interval_s=STACK_INTERVAL_S)
             # the leases' holder is the process to kill (the other has no task to move)
             holders = await lease_holders(stack)
             poller_leases = {name for name in holders if name != "alerter"}
@@ -175,7 +175,7 @@ async def chaos(stack: Stack, servers: dict[int, tuple[Any, str]],
             refused = await hold_streams(session, survivor_url, users["limited"], 1)
             assert refused is None, "a stream over the tier limit was admitted"
             await wait_until(lambda: all(c.events >= EVENTS_BEFORE for c in clients), 60,
-                             "events before the kill")
+                             "events before the kill", interval_s=STACK_INTERVAL_S)
 
             moved = [c for c in clients if c.urls[0] == doomed_url]
             doomed_proc.send_signal(signal.SIGKILL)
@@ -184,17 +184,19 @@ async def chaos(stack: Stack, servers: dict[int, tuple[Any, str]],
             # each measured from the kill, all at once
             lease_s, presence_s, slot_s, resume_s = await asyncio.gather(
                 wait_until(lambda: leases_on(stack, survivor, poller_leases), LEASE_BOUND_S,
-                           "the leases moved to the survivor"),
+                           "the leases moved to the survivor", interval_s=STACK_INTERVAL_S),
                 member_removed(watcher, killed_at),
                 wait_until(lambda: streams_admitted(session, survivor_url, users["limited"],
                                                     held), SLOT_BOUND_S,
                            "the dead process's stream slots reaped", interval_s=0.5),
                 wait_until(lambda: all(c.urls[0] == survivor_url and c.dropped_at is None
                                        and c.resume_s for c in moved),
-                           RESUME_BOUND_S, "the dead server's clients resumed elsewhere"))
+                           RESUME_BOUND_S, "the dead server's clients resumed elsewhere",
+                           interval_s=STACK_INTERVAL_S))
             counts = {id(c): c.events for c in clients}
             await wait_until(lambda: all(c.events >= counts[id(c)] + EVENTS_AFTER
-                                         for c in clients), 60, "events after the kill")
+                                         for c in clients), 60, "events after the kill",
+                             interval_s=STACK_INTERVAL_S)
         finally:
             for client in clients:
                 await client.stop()

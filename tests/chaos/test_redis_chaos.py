@@ -49,10 +49,10 @@ from tests.chaos.redis_helpers import (
     lease_holders,
     live_stack,
     private_redis,
-    wait_until,
 )
 from tests.conftest import make_test_config
 from tests.realtime_helpers import WsClient, relay
+from tests.waiting import STACK_INTERVAL_S, wait_until
 
 DOWN_S = 15.0 if LONG else 3.0  # restart: how long Redis stays dead
 FREEZE_S = 25.0 if LONG else 12.0  # unreachable: over the 10 s Redis socket timeout
@@ -104,10 +104,10 @@ async def run_clients(redis: PrivateRedis, fault: str, stack: Stack,
             client.start(session)
         try:
             await wait_until(lambda: all(c.subscribed.is_set() for c in clients), 30,
-                             "every client subscribed")
+                             "every client subscribed", interval_s=STACK_INTERVAL_S)
             probe.start(session)
             await wait_until(lambda: all(c.events >= EVENTS_BEFORE for c in clients), 60,
-                             "events before the fault")
+                             "events before the fault", interval_s=STACK_INTERVAL_S)
             figures = await inject(redis, fault, clients, probe, stack, workers)
         except BaseException:
             print(f"server log (last lines):\n{logs[-1].tail()}")
@@ -146,12 +146,14 @@ async def inject(redis: PrivateRedis, fault: str, clients: list[Resumer], probe:
     # both measured from the moment Redis is back
     flow_s, lease_s = await asyncio.gather(
         wait_until(lambda: all(id_ms(c.last_id) > back_at * 1000 for c in clients),
-                   RECOVERY_BOUND_S, "every client gets events published after Redis is back"),
-        wait_until(leases_held, RECOVERY_BOUND_S, "the pollers' leases held again"))
+                   RECOVERY_BOUND_S, "every client gets events published after Redis is back",
+                   interval_s=STACK_INTERVAL_S),
+        wait_until(leases_held, RECOVERY_BOUND_S, "the pollers' leases held again",
+                   interval_s=STACK_INTERVAL_S))
     await leases_kept(stack, poller_leases, workers)
     counts = {id(c): c.events for c in clients}
     await wait_until(lambda: all(c.events >= counts[id(c)] + EVENTS_AFTER for c in clients),
-                     60, "events after recovery")
+                     60, "events after recovery", interval_s=STACK_INTERVAL_S)
     return check(fault, clients, probe, fault_at, back_at, flow_s, lease_s)
 
 
@@ -232,7 +234,8 @@ async def test_rest_and_streams_answer_json_while_redis_is_down(tmp_path: Path) 
             async def answers() -> bool:
                 return (await json_get(session, r.http_url + paths[0], headers))[0] == 200
 
-            await wait_until(answers, 30, "REST answers 200 again once Redis is back")
+            await wait_until(answers, 30, "REST answers 200 again once Redis is back",
+                             interval_s=STACK_INTERVAL_S)
     assert [status for status, _body, _retry in before] == [200, 404, 200], before
     for status, body, retry_after in down:
         assert status == 503 and body["error"]["code"] == "unavailable", down

@@ -26,7 +26,6 @@ import aiohttp
 import pytest
 
 from bench.harness import RESULTS, machine, processes
-from tests.chaos.redis_helpers import wait_until
 from tests.chaos.upstream_helpers import (
     CADENCE_S,
     HOLD_S,
@@ -46,6 +45,7 @@ from tests.chaos.upstream_helpers import (
     start_relay,
     upstream,
 )
+from tests.waiting import STACK_INTERVAL_S, wait_until
 
 pytestmark = pytest.mark.timeout(600 if LONG else 150)
 
@@ -109,7 +109,8 @@ async def play_faults(phases: list[tuple[str, ...]], name: str) -> dict[str, Any
 
 async def _warm_up(session: aiohttp.ClientSession, story: Story, prober: Prober) -> None:
     await asyncio.wait_for(story.connected.wait(), 10)
-    await wait_until(lambda: live_fresh(session, prober, 0), WARM_UP_S, "warm-up")
+    await wait_until(lambda: live_fresh(session, prober, 0), WARM_UP_S, "warm-up",
+                     interval_s=STACK_INTERVAL_S)
 
 
 async def _faults(session: aiohttp.ClientSession, server: Any, log: UpstreamLog, relay: Relay,
@@ -129,7 +130,8 @@ async def _faults(session: aiohttp.ClientSession, server: Any, log: UpstreamLog,
         returned = lift(server)
         bound_s = recovery_bound_s(modes)
         recovered_s = await wait_until(lambda: live_fresh(session, prober, returned), bound_s,
-                                       f"fresh /live after {'+'.join(modes)} lifted")
+                                       f"fresh /live after {'+'.join(modes)} lifted",
+                                       interval_s=STACK_INTERVAL_S)
         first = log.first_clean(returned)
         during = prober.since(started)
         rows.append({
@@ -182,7 +184,8 @@ async def _story_told(session: aiohttp.ClientSession, server: Any, relay: Relay,
         return not left
 
     try:
-        await wait_until(all_finished, SETTLE_S, "every game in play finished at the relay")
+        await wait_until(all_finished, SETTLE_S, "every game in play finished at the relay",
+                         interval_s=STACK_INTERVAL_S)
     except AssertionError as exc:
         raise AssertionError(f"{exc}: {left}") from None
     settle_s = time.monotonic() - jumped
@@ -261,7 +264,7 @@ async def _quota(session: aiohttp.ClientSession, server: Any, log: UpstreamLog, 
     prober.fresh_misses = True  # users asking what nobody asked: every probe a miss
     prober.start(session)
     users_spent_s = await wait_until(lambda: misses_refused(prober), WARM_UP_S,
-                                     "user misses refused for budget")
+                                     "user misses refused for budget", interval_s=STACK_INTERVAL_S)
     quota = server.simulator.quotas[SPORT]
     used_by_relay = quota.used_today(time.time())
     quota.day_used = quota.day_limit  # another consumer of the key spends the rest

@@ -30,27 +30,15 @@ import itertools
 import json
 import os
 import subprocess
-import sys
-import tempfile
 import time
 from collections import Counter, deque
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import aiohttp
 
-from bench.harness import (
-    ChildLog,
-    Processes,
-    Stack,
-    bench_user,
-    free_port,
-    purge_redis_prefix,
-    wait_http,
-)
-from btsguru.sports import SPORTS
+from bench.harness import ChildLog, Processes, Stack, start_stack
 from btsguru.upstream.client import REQUEST_TIMEOUT_S
 from btsguru.upstream.quota import MINUTE_WINDOW_S, SEND_MARGIN_S
 from tests.chaos.background import Background
@@ -204,32 +192,17 @@ class Relay:
 
 def start_relay(group: Processes, upstream_url: str, **settings: str) -> Relay:
     """`btsguru serve` with its pollers (SPORT only, live every CADENCE_S) in front of the
-    upstream at `upstream_url`, on a scratch SQLite file and Redis prefix. Blocking: call
+    upstream at `upstream_url`, on a scratch SQLite file and Redis prefix: the benchmarks'
+    launcher (`bench.harness.start_stack`) with the chaos tests' settings. Blocking: call
     it through `asyncio.to_thread` while the upstream runs on the loop."""
-    scratch = Path(tempfile.mkdtemp(prefix="btsguru-chaos-"))
-    port = free_port()
-    env = {
-        "DATABASE_URL": f"sqlite:///{scratch / 'chaos.db'}",
-        "REDIS_URL": "redis://127.0.0.1:6379/0",
-        "REDIS_CACHE_PREFIX": f"btgchaos:{os.getpid()}:{port}:",
-        "RAPIDAPI_KEY": "chaos", "RAPIDAPI_HOST": "127.0.0.1",
-        "SECRET_KEY": "chaos-secret-key-0123456789",
-        "LOG_LEVEL": "warning",
-        "BTSGURU_SPORTS": SPORT,
-        f"POLL_LIVE_INTERVAL_{SPORT.upper()}_S": str(CADENCE_S),
-        f"POLL_CRUCIAL_INTERVAL_{SPORT.upper()}_S": str(CADENCE_S),
-        **{f"RAPIDAPI_BASE_URL_{s.upper().replace('-', '_')}": f"{upstream_url}/{s}"
-           for s in SPORTS},
-        **settings,
-    }
-    group.cleanups.append(lambda: purge_redis_prefix(env))
-    key = bench_user(env, "chaos@example.com")
-    process = group.start([sys.executable, "-m", "btsguru", "serve", "--port", str(port)],
-                          env=env)
-    tail = group.log(process)
-    base_url = f"http://127.0.0.1:{port}"
-    wait_http(f"{base_url}/healthz")
-    return Relay(Stack(env, base_url, upstream_url, key), process, tail)
+    stack = start_stack(group, pollers=True, upstream_url=upstream_url,
+                        email="chaos@example.com", settings={
+                            "BTSGURU_SPORTS": SPORT,
+                            f"POLL_LIVE_INTERVAL_{SPORT.upper()}_S": str(CADENCE_S),
+                            f"POLL_CRUCIAL_INTERVAL_{SPORT.upper()}_S": str(CADENCE_S),
+                            **settings})
+    assert stack.server is not None
+    return Relay(stack, stack.server, group.log(stack.server))
 
 
 # -- what clients see --

@@ -51,7 +51,8 @@ from btsguru.sports.base import Phase
 from tests.conftest import make_test_config
 from tests.pusher_helpers import PusherClient
 from tests.realtime_helpers import TIMEOUT_S, Relay, SseClient, WsClient, relay
-from tests.store_fixtures import make_game, wait_for
+from tests.store_fixtures import make_game
+from tests.waiting import wait_until
 
 # Short limits, so that a test waits for them in about a second; the CI-friendly crowd
 # size (a few seconds on a 2-core machine, clients and server in one process).
@@ -247,8 +248,8 @@ async def test_thousands_of_idle_streams_from_one_key_are_bounded_by_the_tier(tm
                     WsClient.connect(r.ws_url, r.keys["pro"], connect_timeout_s=CROWD_DEADLINE_S)
                     for _ in range(start, min(start + 100, CROWD))))
             try:
-                await wait_for(lambda: sum(ws.close_code == 4008 for ws in crowd) ==
-                               CROWD - limit, CROWD_DEADLINE_S)
+                await wait_until(lambda: sum(ws.close_code == 4008 for ws in crowd) ==
+                                 CROWD - limit, CROWD_DEADLINE_S)
             except AssertionError as exc:  # what the crowd was told, for the diagnosis
                 codes = Counter(ws.close_code for ws in crowd)
                 raise AssertionError(f"{exc}: close codes {dict(codes)}, "
@@ -278,7 +279,7 @@ async def test_thousands_of_idle_streams_from_one_key_are_bounded_by_the_tier(tm
             for ws in crowd:
                 ws.close()
         # every slot comes back once the clients leave
-        await wait_for(lambda: not hub.connections and not hub.slots.local, CROWD_DEADLINE_S)
+        await wait_until(lambda: not hub.connections and not hub.slots.local, CROWD_DEADLINE_S)
         again = await WsClient.connect(r.ws_url, r.keys["pro"])
         await again.send({"op": "ping"})
         assert await again.recv() == {"op": "pong"}
@@ -295,13 +296,13 @@ async def test_hundreds_of_idle_pusher_sockets_from_one_ip_are_bounded_4100(tmp_
                      for m in firsts if m is not None]
             assert codes.count("pusher:connection_established") == 20
             assert codes.count(4100) == 280
-            await wait_for(lambda: sum(c.close_code == 4100 for c in crowd) == 280, TIMEOUT_S)
+            await wait_until(lambda: sum(c.close_code == 4100 for c in crowd) == 280, TIMEOUT_S)
             assert len(r.services.hub.connections) == 20
         finally:
             for client in crowd:
                 client.close()
-        await wait_for(lambda: not r.services.hub.connections
-                       and not r.services.hub.slots.local, TIMEOUT_S)
+        await wait_until(lambda: not r.services.hub.connections
+                         and not r.services.hub.slots.local, TIMEOUT_S)
         again = await PusherClient.connect(r)  # the IP's slots came back
         again.close()
 
@@ -313,8 +314,8 @@ async def test_a_connection_storm_from_one_key_is_bounded_by_its_request_rate_40
         storm = await asyncio.gather(*(WsClient.connect(r.ws_url, r.keys["free"])
                                        for _ in range(200)))
         try:
-            await wait_for(lambda: sum(ws.close_code is not None for ws in storm) ==
-                           200 - free.max_streams, TIMEOUT_S)
+            await wait_until(lambda: sum(ws.close_code is not None for ws in storm) ==
+                             200 - free.max_streams, TIMEOUT_S)
             codes = Counter(ws.close_code for ws in storm)
             assert codes[None] == free.max_streams == len(hub.connections)
             # within the burst, over the stream limit: 4008; past the burst: 4029
@@ -324,7 +325,7 @@ async def test_a_connection_storm_from_one_key_is_bounded_by_its_request_rate_40
         finally:
             for ws in storm:
                 ws.close()
-        await wait_for(lambda: not hub.connections and not hub.slots.local, TIMEOUT_S)
+        await wait_until(lambda: not hub.connections and not hub.slots.local, TIMEOUT_S)
 
 
 # -- huge requests --
@@ -410,7 +411,7 @@ async def test_ws_subscribe_unsubscribe_flood_closes_4029(tmp_path):
         assert got[-1]["code"] == "rate_limited"
         subscribed = sum(m.get("op") == "subscribed" for m in got)
         assert 1 <= subscribed <= 10 + 5 * elapsed
-        await wait_for(lambda: r.services.hub.subscriber_count() == 0, TIMEOUT_S)
+        await wait_until(lambda: r.services.hub.subscriber_count() == 0, TIMEOUT_S)
         await _assert_ws_served(r)
 
 
@@ -425,7 +426,7 @@ async def test_pusher_subscription_flood_is_bounded_and_the_socket_stays(tmp_pat
             sum(x["event"] == "pusher:subscription_error" for x in client.received) == 3)
         succeeded = [m for m in client.received
                      if m["event"] == "pusher_internal:subscription_succeeded"]
-        await wait_for(lambda: _pusher_channels(r) == 5, TIMEOUT_S)
+        await wait_until(lambda: _pusher_channels(r) == 5, TIMEOUT_S)
         errors = [m for m in replies if m["event"] == "pusher:subscription_error"]
         assert {(m["data"]["type"], m["data"]["status"]) for m in errors} == \
             {("LimitReached", 403)}
@@ -450,8 +451,8 @@ async def test_pusher_subscription_flood_is_bounded_and_the_socket_stays(tmp_pat
         assert _pusher_channels(r) <= 5
         client.close()
         # every count is released
-        await wait_for(lambda: not r.services.pusher.local_counts
-                       and not r.services.hub.connections, TIMEOUT_S)
+        await wait_until(lambda: not r.services.pusher.local_counts
+                         and not r.services.hub.connections, TIMEOUT_S)
 
 
 def _pusher_channels(r: Relay) -> int:

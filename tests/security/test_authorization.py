@@ -32,10 +32,11 @@ from btsguru.db.models import ApiKey, utc_now
 from btsguru.db.runner import DatabaseRunner
 from btsguru.realtime.pusher_protocol import channel_auth
 from btsguru.realtime.revocation import StreamRevoker
-from tests.access_fixtures import Node, open_node, wait_for
+from tests.access_fixtures import Node, open_node
 from tests.console_fixtures import console_app
 from tests.pusher_helpers import PusherClient, realtime_auth
 from tests.realtime_helpers import TIMEOUT_S, Relay, SseClient, WsClient, relay
+from tests.waiting import wait_until
 
 REVOKE_BOUND_S = 5.0  # the contract: a revoked key stops working on every process within 5 s
 GAME_CHANNEL = "sports.football"
@@ -345,7 +346,7 @@ async def test_an_open_sse_stream_of_a_revoked_key_ends_within_seconds(tmp_path)
         try:
             await revoke(r, r.keys["pro"])
             assert await stream_ended(sse, REVOKE_BOUND_S) < REVOKE_BOUND_S
-            await wait_for(lambda: _no_connections(r), TIMEOUT_S)
+            await wait_until(lambda: _no_connections(r), TIMEOUT_S)
         finally:
             await sse.close()
 
@@ -535,7 +536,7 @@ async def test_streams_stay_open_when_the_database_cannot_confirm_a_revocation()
     assert not any(s.closed for s in streams)
     up = StreamRevoker(lambda: streams, key_2_revoked)
     up.invalidated(Invalidation(user_id=10))  # user 11's stream is not even re-checked
-    await wait_for(lambda: _closed(streams[1]), TIMEOUT_S)
+    await wait_until(lambda: _closed(streams[1]), TIMEOUT_S)
     assert [s.closed for s in streams] == [False, True, False]
     await up.close()
 

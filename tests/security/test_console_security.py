@@ -25,8 +25,8 @@ from yarl import URL
 
 from btsguru.config import Config
 from btsguru.console.throttle import IP_MAX_FAILURES
-from tests.access_fixtures import wait_for
 from tests.console_fixtures import PASSWORD, Client, Console, Page, console_app
+from tests.waiting import wait_until
 
 HX = {"HX-Request": "true"}
 SESSION = "btsguru_session"
@@ -451,7 +451,7 @@ async def test_a_locked_account_refuses_the_right_password_and_unlocks_after_the
         assert client.cookie(SESSION) is None
         assert (await c.client().login("Victim@Example.com", PASSWORD)).status == 429
         end_throttle_windows(c.config)
-        await wait_for(lambda: throttle_gone(c.config), TIMEOUT_S)
+        await wait_until(lambda: throttle_gone(c.config), TIMEOUT_S)
         back = await client.login("victim@example.com", PASSWORD)
         assert back.status == 200 and back.url.endswith("/console/keys")
         assert client.cookie(SESSION) is not None
@@ -472,7 +472,7 @@ async def test_a_locked_address_refuses_every_account_and_unlocks_after_the_wind
         assert blocked.status == 429 and "Too many attempts" in blocked.text
         assert client.cookie(SESSION) is None
         end_throttle_windows(c.config)
-        await wait_for(lambda: throttle_gone(c.config), TIMEOUT_S)
+        await wait_until(lambda: throttle_gone(c.config), TIMEOUT_S)
         ok = await client.post("/console/login", {"email": "real@example.com",
                                                   "password": PASSWORD}, headers=sprayer)
         assert ok.status == 200 and ok.url.endswith("/console/keys")
