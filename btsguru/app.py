@@ -234,7 +234,8 @@ def make_app(s: Services, **settings: Any) -> tornado.web.Application:
         (r"/v1/ws", WebSocketHandler, {"hub": s.hub, "access": s.access}),
         (r"/v1/stream", StreamHandler, {"access": s.access, "hub": s.hub}),
         (r"(?:/[^/]+)*/app/(?P<key>[^/]+)", PusherHandler,
-         {"hub": s.hub, "state": s.pusher, "config": s.config}),
+         {"hub": s.hub, "state": s.pusher, "config": s.config,
+          "auth_failed": s.access.failed_authentication}),
         *pusher_http_routes(s.hub, s.pusher, s.history, s.config, s.access),
         *console_routes(console_services(s)),
     ]

@@ -170,7 +170,9 @@ RATE_LIMIT_REJECTIONS = Counter(
     "btsguru_rate_limit_rejections_total", "Requests refused by the rate limit, by tier.",
     ["tier"], registry=REGISTRY)
 AUTH_FAILURES = Counter(
-    "btsguru_auth_failures_total", "Requests refused for a missing or bad API key (401).",
+    "btsguru_auth_failures_total",
+    "Failed authentications: a missing or bad API key (401, close 4001), a wrong Pusher "
+    "app key or channel signature.",
     registry=REGISTRY)
 
 # -- dependencies and alerts --

@@ -7,6 +7,7 @@ injected clock so that "the minute is over" for the alerter is a step, not a wai
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 
@@ -102,6 +103,30 @@ async def pusher_attempts(r: Relay, keys: list[str]) -> list[object]:
     return seen
 
 
+async def pusher_app_key_attempt(r: Relay, key: str) -> object:
+    """A Pusher socket opened with a wrong app key (a guess at the app's key)."""
+    client = await PusherClient.connect(r, key=key, established=False)
+    refusal = await client.recv()
+    assert refusal is not None and refusal["event"] == "pusher:error", refusal
+    return await client.closed()
+
+
+async def pusher_signature_attempts(r: Relay, keys: list[str]) -> list[object]:
+    """One Pusher socket subscribing to a private channel with forged signatures, each
+    made with a wrong secret (a guess at the app's secret)."""
+    pusher = await PusherClient.connect(r)
+    seen: list[object] = []
+    try:
+        for key in keys:
+            forged = f"{r.config.reverb_app_key}:{hashlib.sha256(key.encode()).hexdigest()}"
+            await pusher.subscribe("private-sports.football", auth=forged)
+            error = await pusher.expect("pusher:subscription_error")
+            seen.append(error["data"]["status"])
+    finally:
+        pusher.close()
+    return seen
+
+
 def one_by_one(attempt: Callable[[Relay, str], Awaitable[object]],
                ) -> Callable[[Relay, list[str]], Awaitable[list[object]]]:
     async def attempts(r: Relay, keys: list[str]) -> list[object]:
@@ -114,6 +139,8 @@ TRANSPORTS = {
     "ws": (one_by_one(ws_attempt), 4001),
     "sse": (one_by_one(sse_attempt), (401, "unauthorized")),
     "pusher": (pusher_attempts, (401, "unauthorized")),
+    "pusher-app-key": (one_by_one(pusher_app_key_attempt), 4001),
+    "pusher-signature": (pusher_signature_attempts, 401),
 }
 
 

@@ -137,8 +137,7 @@ class AccessService:
         try:
             principal = await self._cache.authenticate(key)
         except Unauthorized:
-            self.watch.auth_failed(client or UNKNOWN_CLIENT)
-            metrics.AUTH_FAILURES.inc()
+            self.failed_authentication(client)
             raise
         self.authorize(principal, scope, raw=raw)
         decision = await self.limit(principal)
@@ -146,6 +145,13 @@ class AccessService:
             metrics.RATE_LIMIT_REJECTIONS.labels(principal.tier.name).inc()
             raise decision.error()
         return Admission(principal, decision)
+
+    def failed_authentication(self, client: str | None) -> None:
+        """Record one failed authentication from address `client`: a bad API key here, a
+        wrong Pusher app key or channel signature on the Pusher socket. It feeds the
+        failed-auth alert (through the watch) and `btsguru_auth_failures_total`."""
+        self.watch.auth_failed(client or UNKNOWN_CLIENT)
+        metrics.AUTH_FAILURES.inc()
 
     def admit_local(self, key: str | None, *, scope: str, raw: bool = False,
                     ) -> Admission | None:

@@ -34,6 +34,7 @@ import asyncio
 import hashlib
 import logging
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 
 import tornado.websocket
@@ -111,10 +112,14 @@ class PusherConnection(PusherSocket, WebSocketConnection):
 
 
 class PusherHandler(tornado.websocket.WebSocketHandler):
-    def initialize(self, hub: Hub, state: PusherState, config: Config) -> None:
+    def initialize(self, hub: Hub, state: PusherState, config: Config,
+                   auth_failed: Callable[[str | None], None]) -> None:
         self.hub = hub
         self.state = state
         self.config = config
+        # `AccessService.failed_authentication`: a wrong app key or a forged channel
+        # signature counts towards the failed-auth alert as a wrong API key does
+        self.auth_failed = auth_failed
         # the rules hold no state of their own (a socket's is in its connection): built
         # per handler from the services the route passes, like the handler itself
         self.channels = PusherChannels(hub, state, config)
@@ -198,6 +203,7 @@ class PusherHandler(tornado.websocket.WebSocketHandler):
         problem = check_version(query)
         if key != self.config.reverb_app_key:
             problem = APP_NOT_FOUND, f"Application does not exist: {key[:40]}"
+            self.auth_failed(self.request.remote_ip)
         if problem is not None:
             self._refuse(*problem)
             return
@@ -231,31 +237,36 @@ class PusherHandler(tornado.websocket.WebSocketHandler):
             conn.send(error_frame(CLIENT_EVENT_RATE, "Too many messages: slow down"))
             return
         try:
-            request = parse_message(message)
-            event = request.event
-            if event == "pusher:ping":
-                conn.send(frame("pusher:pong", {}, data_is_json_string=False))
-            elif event == "pusher:pong":
-                pass
-            elif event == "pusher:subscribe":
-                await self.channels.subscribe(conn, parse_subscribe(request.data))
-            elif event == "pusher:unsubscribe":
-                data = request.data
-                if not isinstance(data, dict) or not isinstance(data.get("channel"), str):
-                    raise PusherProtocolError('pusher:unsubscribe needs data {"channel"}')
-                await self.channels.unsubscribe(conn, data["channel"])
-            elif event.startswith("client-"):
-                await self.channels.client_event(conn, event, request.channel, request.data)
-            else:
-                raise PusherProtocolError(f"Unsupported event {event[:60]!r}")
+            await self._dispatch(conn, message)
         # every refusal of the channel rules becomes its frame here, and only here
         except PusherProtocolError as exc:  # in band: the socket stays open
             conn.send(error_frame(exc.code, exc.message))
         except SubscriptionRefused as exc:
+            if exc.status == 401:  # no or a forged signature: a failed authentication
+                self.auth_failed(self.request.remote_ip)
             conn.send(subscription_error(exc.channel, exc.message, exc.status, exc.type))
         except ConnectionRefused as exc:
             conn.send(error_frame(exc.code, exc.message))
             conn.close(exc.code, exc.reason)
+
+    async def _dispatch(self, conn: PusherConnection, message: str | bytes) -> None:
+        request = parse_message(message)
+        event = request.event
+        if event == "pusher:ping":
+            conn.send(frame("pusher:pong", {}, data_is_json_string=False))
+        elif event == "pusher:pong":
+            pass
+        elif event == "pusher:subscribe":
+            await self.channels.subscribe(conn, parse_subscribe(request.data))
+        elif event == "pusher:unsubscribe":
+            data = request.data
+            if not isinstance(data, dict) or not isinstance(data.get("channel"), str):
+                raise PusherProtocolError('pusher:unsubscribe needs data {"channel"}')
+            await self.channels.unsubscribe(conn, data["channel"])
+        elif event.startswith("client-"):
+            await self.channels.client_event(conn, event, request.channel, request.data)
+        else:
+            raise PusherProtocolError(f"Unsupported event {event[:60]!r}")
 
     # -- closing --
 
