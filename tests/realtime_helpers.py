@@ -15,7 +15,7 @@ import struct
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,6 +26,7 @@ from tornado.httpserver import HTTPServer
 from tornado.netutil import bind_sockets
 
 from btsguru.app import Services, make_app, open_services
+from btsguru.clock import Clock
 from btsguru.config import Config
 from btsguru.db import close_database, connect_database
 from btsguru.db.migrate import migrate
@@ -68,13 +69,18 @@ async def make_users(services: Services,
 
 
 @contextlib.asynccontextmanager
-async def relay(tmp_path: Path, config: Config | None = None, **settings: Any,
-                ) -> AsyncIterator[Relay]:
-    """The app in this process (no pollers): tests publish by ingesting into its store."""
+async def relay(tmp_path: Path, config: Config | None = None, *, clock: Clock | None = None,
+                prepare: Callable[[Services], Awaitable[Any]] | None = None,
+                **settings: Any) -> AsyncIterator[Relay]:
+    """The app in this process (no pollers): tests publish by ingesting into its store.
+    `clock` is the services' clock; `prepare` runs on the services before the users
+    are made."""
     config = config or make_test_config(tmp_path)
     migrate_file(config)
     try:
-        async with open_services(config) as services:
+        async with open_services(config, clock) as services:
+            if prepare is not None:
+                await prepare(services)
             services.hub.start()
             keys = await make_users(services)
             server = HTTPServer(make_app(services, **settings))

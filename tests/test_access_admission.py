@@ -9,54 +9,40 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
+from pathlib import Path
 
 import aiohttp
 import pytest
 from tornado.httpclient import HTTPRequest
-from tornado.httpserver import HTTPServer
 from tornado.httputil import HTTPHeaders
-from tornado.netutil import bind_sockets
 
 from btsguru import metrics
 from btsguru.alerts import AUTH_FAILURE_BURST
-from btsguru.app import make_app, open_services
+from btsguru.app import Services
 from btsguru.auth.access import request_key
 from btsguru.auth.keys import generate_key
 from btsguru.auth.watch import minute_of
 from btsguru.clock import FakeClock
-from tests.conftest import make_test_config, purge_redis_prefix
+from tests.conftest import make_test_config
 from tests.pusher_helpers import PusherClient
-from tests.realtime_helpers import Relay, WsClient, make_users, migrate_file
+from tests.realtime_helpers import Relay, WsClient, relay
 
 CLIENT = "127.0.0.1"  # every request of these tests comes from here
 RATE_HEADERS = ("RateLimit-Policy", "RateLimit", "RateLimit-Limit", "RateLimit-Remaining",
                 "RateLimit-Reset", "X-RateLimit-Limit", "X-RateLimit-Remaining")
 
 
-@contextlib.asynccontextmanager
-async def relay_on(clock: FakeClock, tmp_path, *, free_daily_quota: int | None = None,
-                   ) -> AsyncIterator[Relay]:
+def relay_on(clock: FakeClock, tmp_path: Path, *, free_daily_quota: int | None = None,
+             ) -> contextlib.AbstractAsyncContextManager[Relay]:
     """The app in this process on `clock` (no pollers, no background loops: the test
     flushes the watch itself)."""
-    config = make_test_config(tmp_path, BTSGURU_SPORTS="football")
-    migrate_file(config)
-    try:
-        async with open_services(config, clock) as services:
-            if free_daily_quota is not None:
-                await services.tiers.update("free", daily_quota=free_daily_quota)
-            services.hub.start()
-            keys = await make_users(services)
-            server = HTTPServer(make_app(services))
-            sockets = bind_sockets(0, "127.0.0.1")
-            server.add_sockets(sockets)
-            try:
-                yield Relay(services, sockets[0].getsockname()[1], keys, config)
-            finally:
-                server.stop()
-                await services.hub.drain()
-    finally:
-        purge_redis_prefix(config)
+    async def prepare(services: Services) -> None:
+        if free_daily_quota is not None:
+            await services.tiers.update("free", daily_quota=free_daily_quota)
+
+    return relay(tmp_path, make_test_config(tmp_path, BTSGURU_SPORTS="football"),
+                 clock=clock, prepare=prepare)
 
 
 def counter(name: str, **labels: str) -> float:
