@@ -6,11 +6,12 @@ Beside the flow, in three stages:
 1. `record` (every authenticated `/v1` request and stream connection) adds to an
    in-process buffer: no I/O on the request path.
 2. `flush` (every `FLUSH_INTERVAL_S`) moves the buffer into Redis in one `MULTI`/`EXEC`
-   round trip of `HINCRBY`s: one hash per user and UTC day (`{prefix}usage:d:YYYYMMDD:
-   {user_id}`) and one per user and UTC hour (`usage:h:YYYYMMDDHH:{user_id}`), fields
-   `{key_id}:{kind}:r` (requests) and `{key_id}:{kind}:c` (cache hits), plus a `v`
-   field counting flushes, and the hash's name in the set `usage:pending`. A failed
-   flush puts the counts back for the next one. Redis names carry ids only.
+   round trip of `HINCRBY`s: one hash per user and UTC day (`{prefix}usage:{usage}:d:
+   YYYYMMDD:<user_id>`) and one per user and UTC hour (`usage:{usage}:h:YYYYMMDDHH:
+   <user_id>`), fields `<key_id>:<kind>:r` (requests) and `<key_id>:<kind>:c` (cache
+   hits), plus a `v` field counting flushes, and the hash's name in the set
+   `usage:{usage}:pending`. A failed flush puts the counts back for the next one. Redis
+   names carry ids only.
 3. `rollup` (every `ROLLUP_INTERVAL_S`, in every process: no leader) copies the
    pending hashes into `UsageDaily` and `UsageHourly`.
 
@@ -23,6 +24,15 @@ hour is over (plus `CLOSE_GRACE_S` for stragglers) and it was applied unchanged 
 `v` still the one read; a Lua check), but stays in Redis until `DAY_TTL_S`/`HOUR_TTL_S`
 so a late flush still adds to the total rather than starting a new one. A database
 outage only delays the rollup: nothing leaves Redis or the pending set until applied.
+
+Redis Cluster: the flush's MULTI spans every user flushed and the pending set, and the
+rollup's check-and-forget script the set and one hash, so the whole family shares one
+hash tag, `{usage}` (one slot: a few small hashes per active user, written once a second
+per process). Earlier versions named them without the tag (`usage:d:...`,
+`usage:pending`); the rollup still applies those, each total summed with its tagged
+counterpart of the same user and period (both are running totals of disjoint requests:
+the old processes' and the new ones'), until the old pending set is empty, so an upgrade
+neither loses nor undercounts a day.
 
 Reading (`usage_for_user`, `usage_for_key`) merges the database rows with the Redis
 totals the same way, `max` per (key, day, kind), so `GET /v1/usage` shows a request as
@@ -58,6 +68,8 @@ HOUR_TTL_S = 3 * 86_400
 DAY_TTL_S = 8 * 86_400
 ROLLUP_BATCH = 500  # hashes read and applied per database transaction
 MAX_USAGE_DAYS = 400
+# The family's one Redis Cluster hash tag: the flush is one MULTI across users (module).
+USAGE_TAG = "usage"
 
 # KEYS[1]: pending set, KEYS[2]: the hash; ARGV[1]: the `v` read with the snapshot.
 # Forget the hash only if no flush touched it since that snapshot was applied.
@@ -122,13 +134,25 @@ class UsageService:
 
     @property
     def pending_key(self) -> str:
-        return self._keys.key("usage", "pending")
+        return self._keys.tagged("usage", USAGE_TAG, "pending")
 
     def day_hash(self, day: str, user_id: int) -> str:
-        return self._keys.key("usage", "d", day, user_id)
+        return self._keys.tagged("usage", USAGE_TAG, "d", day, user_id)
 
     def hour_hash(self, hour: str, user_id: int) -> str:
-        return self._keys.key("usage", "h", hour, user_id)
+        return self._keys.tagged("usage", USAGE_TAG, "h", hour, user_id)
+
+    @property
+    def legacy_pending_key(self) -> str:
+        """The pending set of versions before the hash tag (read until it is empty)."""
+        return self._keys.key("usage", "pending")
+
+    def _counterpart(self, name: str) -> str:
+        """The same user and period's hash under the other naming (tagged <-> legacy)."""
+        tagged = self._keys.tagged("usage", USAGE_TAG, "")
+        if name.startswith(tagged):
+            return self._keys.key("usage", name[len(tagged):])
+        return tagged + name[len(self._keys.key("usage", "")):]
 
     # -- the hot path --
 
@@ -192,44 +216,61 @@ class UsageService:
     async def rollup(self) -> int:
         """Apply every pending hash's totals to the database; returns how many hashes
         were applied. Safe to run in several processes at once (see the module)."""
-        names = sorted(n.decode() if isinstance(n, bytes) else str(n)
-                       for n in await self._redis.smembers(self.pending_key))
         applied = 0
-        for start in range(0, len(names), ROLLUP_BATCH):
-            chunk = names[start:start + ROLLUP_BATCH]
-            snapshot = await self._read(chunk)
-            await self._runner.write(_apply, snapshot.daily, snapshot.hourly)
-            await self._forget_closed(snapshot.versions)
-            applied += len(chunk)
+        legacy = await self._pending(self.legacy_pending_key)  # empty once upgraded
+        for pending_key, names in ((self.pending_key, await self._pending(self.pending_key)),
+                                   (self.legacy_pending_key, legacy)):
+            for start in range(0, len(names), ROLLUP_BATCH):
+                chunk = names[start:start + ROLLUP_BATCH]
+                snapshot = await self._read(chunk, with_legacy=bool(legacy))
+                await self._runner.write(_apply, snapshot.daily, snapshot.hourly)
+                await self._forget_closed(pending_key, snapshot.versions)
+                applied += len(chunk)
         return applied
 
-    async def _read(self, names: list[str]) -> _Snapshot:
+    async def _pending(self, key: str) -> list[str]:
+        return sorted(n.decode() if isinstance(n, bytes) else str(n)
+                      for n in await self._redis.smembers(key))
+
+    async def _read(self, names: list[str], *, with_legacy: bool = False) -> _Snapshot:
+        """The totals of `names`; `with_legacy`: each summed with its counterpart under
+        the other naming (an upgrade under way; see the module)."""
         pipe = self._redis.pipeline(transaction=False)
         for name in names:
             pipe.hgetall(name)
+            if with_legacy:
+                pipe.hgetall(self._counterpart(name))
         replies = await pipe.execute()
+        step = 2 if with_legacy else 1
         snapshot = _Snapshot()
-        for name, fields in zip(names, replies, strict=True):
+        for at, name in enumerate(names):
+            fields = replies[at * step]
             period_kind, period = self._parse_name(name)
             totals = snapshot.daily if period_kind == "d" else snapshot.hourly
             for key_id, kind, requests, hits in _parse_fields(fields):
                 totals[(key_id, period, kind)] = (requests, hits)
+            if with_legacy:
+                for key_id, kind, requests, hits in _parse_fields(replies[at * step + 1]):
+                    mine = totals.get((key_id, period, kind), (0, 0))
+                    totals[(key_id, period, kind)] = (mine[0] + requests, mine[1] + hits)
             raw_v = fields.get(b"v")
             snapshot.versions[name] = raw_v.decode() if raw_v is not None else None
         return snapshot
 
     def _parse_name(self, name: str) -> tuple[str, str]:
-        # {prefix}usage:{d|h}:{period}:{user_id}
-        parts = name[len(self._keys.key("usage", "")):].split(":")
+        # {prefix}usage:{usage}:{d|h}:{period}:{user_id}, or before the tag without it
+        rest = name[len(self._keys.key("usage", "")):]
+        tag = "{" + USAGE_TAG + "}:"
+        parts = rest.removeprefix(tag).split(":")
         return parts[0], parts[1]
 
-    async def _forget_closed(self, versions: dict[str, str | None]) -> None:
+    async def _forget_closed(self, pending_key: str, versions: dict[str, str | None]) -> None:
         now = self._clock.time()
         for name, version in versions.items():
             period_kind, period = self._parse_name(name)
             if now < _period_end(period_kind, period) + self._close_grace_s:
                 continue
-            await self._forget(keys=[self.pending_key, name], args=[version or ""])
+            await self._forget(keys=[pending_key, name], args=[version or ""])
 
     # -- reading --
 

@@ -61,7 +61,10 @@ class SessionStore:
         session_id = secrets.token_urlsafe(SESSION_ID_BYTES)
         now = self._clock.time()
         key = self._session_key(session_id)
-        async with self._redis.pipeline(transaction=True) as pipe:
+        # Not one MULTI: the session and the user's index are in different Cluster slots.
+        # None is needed: should either write fail, this raises and the id, known to
+        # nobody else, is never handed out (an unindexed session cannot be used).
+        async with self._redis.pipeline(transaction=False) as pipe:
             pipe.hset(key, mapping={"user_id": user_id, "created_at": f"{now:.3f}"})
             pipe.expire(key, self.idle_s)
             pipe.sadd(self._user_key(user_id), _digest(session_id))
@@ -91,7 +94,8 @@ class SessionStore:
     async def delete(self, session_id: str) -> None:
         key = self._session_key(session_id)
         raw_user = await self._redis.hget(key, "user_id")
-        async with self._redis.pipeline(transaction=True) as pipe:
+        # the session goes first; a digest left in the index names nothing
+        async with self._redis.pipeline(transaction=False) as pipe:
             pipe.delete(key)
             if raw_user is not None:
                 pipe.srem(self._user_key(int(raw_user)), _digest(session_id))
@@ -104,9 +108,12 @@ class SessionStore:
         digests = [d for d in map(_text, members) if d != keep_digest]
         if not digests:
             return 0
-        async with self._redis.pipeline(transaction=True) as pipe:
-            pipe.delete(*(self._keys.key("console", "session", d) for d in digests))
-            pipe.srem(self._user_key(user_id), *digests)
+        # The sessions (one slot each in a Cluster) go first, and only then their digests
+        # leave the index: a failure in between leaves them findable for the next try.
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for digest in digests:
+                pipe.delete(self._keys.key("console", "session", digest))
             await pipe.execute()
+        await self._redis.srem(self._user_key(user_id), *digests)
         log.info("ended %d console session(s) of user %d", len(digests), user_id)
         return len(digests)

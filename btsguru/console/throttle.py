@@ -73,12 +73,14 @@ class LoginThrottle:
 
     async def failed(self, email: str, ip: str) -> None:
         """Count a failed login (wrong password, unknown or disabled account alike)."""
-        async with self._redis.pipeline(transaction=True) as pipe:
-            for key, window_s in ((self._account_key(email), self.limits.account_window_s),
-                                  (self._ip_key(ip), self.limits.ip_window_s)):
+        # one MULTI per counter (a counter must never lose its expiry); the two counters
+        # need not change together, and in a Redis Cluster they live in different slots
+        for key, window_s in ((self._account_key(email), self.limits.account_window_s),
+                              (self._ip_key(ip), self.limits.ip_window_s)):
+            async with self._redis.pipeline(transaction=True) as pipe:
                 pipe.incr(key)
                 pipe.expire(key, window_s, nx=True)
-            await pipe.execute()
+                await pipe.execute()
 
     async def succeeded(self, email: str) -> None:
         """A good password clears the account's count (not the address's: one success

@@ -19,6 +19,12 @@ each key carries the `{sport}` Cluster hash tag so that one Lua script may touch
   read here; other days from the database (whose `(sport, start_time)` index serves them).
 - `history:{sport}`: the event stream (`store.history`).
 
+The hash tag is the sport, not the game: the ingest script stores a game, numbers its
+changes and appends them to the sport's one history stream (whose ids are the public
+event ids, ordered across the sport) in one atomic step, and keeps the sport's live and
+day indexes; so a sport's real-time state is one Cluster slot. A per-game tag would
+need a per-game stream and a merge of ids across streams on resume.
+
 Ingest, per game: load the stored state (Redis, or the database when Redis lost it),
 `diff_games(old, new)`, then one Lua script checks that the stored state is still the
 one diffed against (compare-and-set on its SHA-1 and on the seq counter), assigns the
@@ -176,19 +182,19 @@ class GameStore:
     # -- keys --
 
     def _game_key(self, sport: str, game_id: int) -> str:
-        return self._keys.key("game", "{" + sport + "}", game_id)
+        return self._keys.tagged("game", sport, game_id)
 
     def _seq_key(self, sport: str, game_id: int) -> str:
-        return self._keys.key("seq", "{" + sport + "}", game_id)
+        return self._keys.tagged("seq", sport, game_id)
 
     def _live_key(self, sport: str) -> str:
-        return self._keys.key("live", "{" + sport + "}")
+        return self._keys.tagged("live", sport)
 
     def _day_key(self, sport: str, day: date | str) -> str:
-        return self._keys.key("day", "{" + sport + "}", str(day))
+        return self._keys.tagged("day", sport, str(day))
 
     def _mark_key(self, sport: str) -> str:
-        return self._keys.key("ingested", "{" + sport + "}")
+        return self._keys.tagged("ingested", sport)
 
     # -- ingest --
 

@@ -76,9 +76,9 @@ return id
 
 
 def history_key(keys: Keys, sport: str) -> str:
-    # `{sport}` is a Redis Cluster hash tag: a sport's game keys, seq counters, indexes
-    # and stream share one slot, so one script can touch them all
-    return keys.key("history", "{" + sport + "}")
+    # the sport is the Redis Cluster hash tag: a sport's game keys, seq counters, indexes
+    # and stream share one slot, so one script can touch them all (see `store.games`)
+    return keys.tagged("history", sport)
 
 
 def parse_stream_id(value: str) -> tuple[int, int]:

@@ -181,7 +181,9 @@ class PusherState:
             # our members leave with us: reap our own ledger now rather than in 15 s
             await self._reap_process(self.process_id)
             async with self._redis.pipeline(transaction=False) as pipe:
-                pipe.delete(self._proc_key(self.process_id), self._subs_key(self.process_id))
+                # one key per DEL: the two may live in different Cluster slots
+                pipe.delete(self._proc_key(self.process_id))
+                pipe.delete(self._subs_key(self.process_id))
                 pipe.srem(self._procs_key(), self.process_id)
                 await pipe.execute()
 

@@ -43,6 +43,17 @@ class Keys:
     def key(self, *parts: str | int) -> str:
         return self.prefix + ":".join(str(p) for p in parts)
 
+    def tagged(self, family: str, tag: str | int, *parts: str | int) -> str:
+        """`{prefix}{family}:{<tag>}:{parts...}`: the braces make `tag` the Redis Cluster
+        hash tag, so every key of one family sharing `tag` lands in one hash slot and one
+        script or MULTI may touch them all (the tags of each family are in the README,
+        "Scaling out"). Redis hashes the first `{...}` of a name, so neither the prefix
+        nor the tag may contain a brace."""
+        text = str(tag)
+        if not text or "{" in text or "}" in text:
+            raise ValueError(f"not a hash tag: {text!r}")
+        return self.key(family, "{" + text + "}", *parts)
+
     def channel(self, *parts: str | int) -> str:
         # pub/sub is server-wide, whatever database a client selected
         return self.prefix + "bus:" + ":".join(str(p) for p in parts)

@@ -203,11 +203,12 @@ class SeriesStore:
         self._write = self._redis.register_script(_WRITE_SCRIPT)
 
     def key(self, resolution: Resolution, index: int) -> str:
-        return self._keys.key("series", "{series}", resolution.name, index % resolution.slots)
+        return self._keys.tagged("series", "series", resolution.name,
+                                 index % resolution.slots)
 
     def pattern(self) -> str:
         """Every key of the rings (for tests and operators: `redis-cli --scan`)."""
-        return self._keys.key("series", "{series}", "*")
+        return self._keys.tagged("series", "series", "*")
 
     async def write(self, now: float, process_id: str, counts: Mapping[str, int],
                     connections: Mapping[str, int]) -> None:

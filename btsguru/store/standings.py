@@ -4,14 +4,18 @@ Where it sits: pollers -> `sports.standings` (normalize) -> **StandingsStore** -
 
 Layout, on the `reverb` database beside the games (derived state the pollers rebuild,
 not a cache to be flushed at will), per (sport, league, season):
-- `standings:{sport}:{league}:{season}`: a sorted set of the rows' JSON scored by table
-  order (group by group, as the upstream lists them): the whole table is one ZRANGE and
-  the top N one `ZRANGE 0 N-1`;
-- `standings:teams:{sport}:{league}:{season}`: a hash team id -> that team's rows (a JSON
-  list: a team can sit in several groups of a multi-stage competition), for one lookup;
-- `standings:meta:{sport}:{league}`: a hash season -> refreshed-at epoch, plus `latest`,
-  the most recent season stored (what a request without `season` gets).
-`replace` swaps a table in one MULTI, so a reader sees the old table or the new one.
+- `standings:{<sport>:<league>}:table:{season}`: a sorted set of the rows' JSON scored by
+  table order (group by group, as the upstream lists them): the whole table is one
+  ZRANGE and the top N one `ZRANGE 0 N-1`;
+- `standings:{<sport>:<league>}:teams:{season}`: a hash team id -> that team's rows (a
+  JSON list: a team can sit in several groups of a multi-stage competition), for one
+  lookup;
+- `standings:{<sport>:<league>}:meta`: a hash season -> refreshed-at epoch, plus
+  `latest`, the most recent season stored (what a request without `season` gets).
+`replace` swaps a table in one MULTI, so a reader sees the old table or the new one; the
+league is the Redis Cluster hash tag, so that MULTI stays in one slot. Until a league's
+next refresh, reads fall back to the names before the tag (`standings:{sport}:...`,
+written by earlier versions), so an upgrade does not empty the tables for a day.
 Tables expire `STANDINGS_TTL_S` after their last refresh: the poller refreshes daily at
 the least, and a league nobody polls any more fades away.
 """
@@ -44,14 +48,22 @@ class StandingsStore:
         self._redis = redis.reverb
         self._keys = redis.keys
 
-    def _table_key(self, sport: str, league_id: int, season: str) -> str:
-        return self._keys.key("standings", sport, league_id, season)
+    def _table_key(self, sport: str, league_id: int, season: str, *,
+                   legacy: bool = False) -> str:
+        if legacy:
+            return self._keys.key("standings", sport, league_id, season)
+        return self._keys.tagged("standings", f"{sport}:{league_id}", "table", season)
 
-    def _teams_key(self, sport: str, league_id: int, season: str) -> str:
-        return self._keys.key("standings", "teams", sport, league_id, season)
+    def _teams_key(self, sport: str, league_id: int, season: str, *,
+                   legacy: bool = False) -> str:
+        if legacy:
+            return self._keys.key("standings", "teams", sport, league_id, season)
+        return self._keys.tagged("standings", f"{sport}:{league_id}", "teams", season)
 
-    def _meta_key(self, sport: str, league_id: int) -> str:
-        return self._keys.key("standings", "meta", sport, league_id)
+    def _meta_key(self, sport: str, league_id: int, *, legacy: bool = False) -> str:
+        if legacy:
+            return self._keys.key("standings", "meta", sport, league_id)
+        return self._keys.tagged("standings", f"{sport}:{league_id}", "meta")
 
     async def fetched(self, sport: str, league_id: int, season: str | None,
                       response_items: Any, fetched_at: float) -> int:
@@ -97,22 +109,32 @@ class StandingsStore:
         season = season or await self.latest_season(sport, league_id)
         if season is None:
             return []
-        raw = await self._redis.zrange(self._table_key(sport, league_id, season), 0,
-                                       -1 if limit is None else limit - 1)
+        stop = -1 if limit is None else limit - 1
+        raw = await self._redis.zrange(self._table_key(sport, league_id, season), 0, stop)
+        if not raw:  # written before the hash tag (an upgrade), until the next refresh
+            raw = await self._redis.zrange(
+                self._table_key(sport, league_id, season, legacy=True), 0, stop)
         return [StandingRow.from_json(orjson.loads(member)) for member in raw
                 if isinstance(member, bytes | str)]
 
     async def team_rows(self, sport: str, league_id: int, season: str,
                         team_id: int) -> list[StandingRow]:
         raw = await self._redis.hget(self._teams_key(sport, league_id, season), str(team_id))
+        if raw is None:
+            raw = await self._redis.hget(
+                self._teams_key(sport, league_id, season, legacy=True), str(team_id))
         return [] if raw is None else [StandingRow.from_json(r) for r in orjson.loads(raw)]
 
     async def refreshed_at(self, sport: str, league_id: int, season: str) -> float | None:
         raw = await self._redis.hget(self._meta_key(sport, league_id), season)
+        if raw is None:
+            raw = await self._redis.hget(self._meta_key(sport, league_id, legacy=True), season)
         return float(raw) if raw is not None else None
 
     async def latest_season(self, sport: str, league_id: int) -> str | None:
         raw = await self._redis.hget(self._meta_key(sport, league_id), LATEST)
+        if raw is None:
+            raw = await self._redis.hget(self._meta_key(sport, league_id, legacy=True), LATEST)
         return None if raw is None else _text(raw)
 
 

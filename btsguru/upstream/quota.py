@@ -299,8 +299,8 @@ class QuotaGovernor:
     # -- keys --
 
     def _key(self, sport: str, *parts: str) -> str:
-        # the braces make the sport a Redis Cluster hash tag: one script, one slot
-        return self._keys.key("quota", "{" + sport + "}", *parts)
+        # the sport is the Redis Cluster hash tag: one script, one slot
+        return self._keys.tagged("quota", sport, *parts)
 
     def _day_key(self, sport: str, day: str) -> str:
         return self._key(sport, "day", day)
