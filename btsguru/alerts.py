@@ -54,6 +54,9 @@ QUOTA_CRITICAL = 0.95
 STALE_CADENCES = 3.0  # data older than three cadences while games are live
 FAILURES_IN_A_ROW = 3  # a poller failing this often in a row (three cadences at least)
 DISCONNECT_SPIKE = 100  # abnormal disconnects in one check interval in this process
+# A Sentinel failover is an event, not a state: its alert stays raised this long (the
+# history window, over which clients may resume across it), then resolves by itself.
+FAILOVER_ALERT_S = 600.0
 # Unusual access, per UTC minute over the cluster (counted by `auth.watch`): a client
 # polling honestly repeats its queries and hits the cache, so this many distinct misses
 # from one key is a cache-busting pattern; this many 401s from one address is guessing.
@@ -246,6 +249,8 @@ class Alerter:
         self.cache_busting_misses = cache_busting_misses
         self.auth_failure_burst = auth_failure_burst
         self._local_firing: dict[str, Alert] = {}  # only while Redis is unreachable
+        self._failovers_seen = redis.master.failovers if redis.master is not None else 0
+        self._failover: tuple[Alert, float] | None = None  # the alert, raised until
         self._disconnects_seen = _abnormal_disconnects()
         self._task: asyncio.Task[None] | None = None
 
@@ -310,6 +315,7 @@ class Alerter:
         for sport in self._sports:
             alerts += await self._sport_alerts(sport)
         alerts += await self._access_alerts()
+        alerts += await self._failover_alerts()
         now_seen = _abnormal_disconnects()
         spike = now_seen - self._disconnects_seen
         self._disconnects_seen = now_seen
@@ -389,6 +395,27 @@ class Alerter:
                 f"{notice.quota} requests of the daily quota used today "
                 f"({notice.used / notice.quota:.0%})", f"user {notice.user_id}"))
         return alerts
+
+    async def _failover_alerts(self) -> list[Alert]:
+        """With Sentinel: the master moved since the last check (this process's clients
+        followed it; the sentinels are asked too, so a move no client has met yet counts)."""
+        watch = self._redis.master
+        if watch is None:
+            return []
+        with contextlib.suppress(RedisError, OSError):
+            await asyncio.wait_for(watch.discover(), PROBE_TIMEOUT_S)
+        now = self._clock.time()
+        if watch.failovers > self._failovers_seen and watch.last_move is not None:
+            self._failovers_seen = watch.failovers
+            move = watch.last_move
+            self._failover = (Alert(
+                f"redis_failover:{move.new}", "redis_failover", "warning",
+                f"Redis master {watch.service} moved from {move.old} to {move.new} (Sentinel "
+                f"failover; {watch.failovers} seen by this process): writes acknowledged "
+                "just before it may be lost", watch.service), now + FAILOVER_ALERT_S)
+        if self._failover is not None and now < self._failover[1]:
+            return [self._failover[0]]
+        return []
 
     # -- reporting --
 

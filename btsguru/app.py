@@ -200,7 +200,7 @@ def console_services(s: Services) -> ConsoleServices:
         usage=UsageReporter(s.access, s.tiers, s.redis, s.db, s.clock, streams),
         ops=OpsReporter(s.config.sports, s.quota, s.cache.counters, s.clock,
                         pollers=s.poller_state, streams=streams.rows,
-                        alerts=s.alerts.store.rows),
+                        alerts=s.alerts.store.rows, redis=s.redis.status),
         timeline=OpsTimeline(SeriesStore(s.redis), s.quota, s.config.sports, s.clock),
         directory=UserDirectory(s.db), keys=s.keys, access=s.access, tiers=s.tiers,
         games=s.games, hub=s.hub, sports=s.config.sports, app_key=s.config.reverb_app_key)

@@ -26,6 +26,7 @@ from btsguru.setting import (
     PORT,
     Secret,
     mask_url,
+    parse_addresses,
     parse_bool,
     parse_choice,
     parse_host,
@@ -145,6 +146,22 @@ class Config:
         DB_INDEX)
     redis_cache_prefix: str = setting(
         "REDIS_CACHE_PREFIX", "btsguru:", "Prefix of every Redis key and pub/sub channel.")
+    # -- Redis topologies (v2): at most one of REDIS_URL, REDIS_SENTINELS, REDIS_CLUSTER_NODES --
+    redis_sentinels: tuple[tuple[str, int], ...] = setting(
+        "REDIS_SENTINELS", "",
+        "host:port[,host:port...] of Redis Sentinels: the master is found through them and "
+        "followed across failovers (REDIS_PASSWORD and the database numbers still apply).",
+        parse_addresses)
+    redis_sentinel_master: str = setting(
+        "REDIS_SENTINEL_MASTER", "mymaster", "The master's name as the sentinels know it.",
+        parse_host)
+    redis_sentinel_password: Secret = setting(
+        "REDIS_SENTINEL_PASSWORD", "", "The sentinels' own password (empty: none).",
+        parse_secret, secret=True)
+    redis_cluster_nodes: tuple[tuple[str, int], ...] = setting(
+        "REDIS_CLUSTER_NODES", "",
+        "host:port[,host:port...] of Redis Cluster nodes (not supported in this version yet).",
+        parse_addresses)
 
     # -- real-time (names from the original specification) --
     reverb_app_id: str = setting("REVERB_APP_ID", "btsguru", "Pusher app id (HTTP API path).")
@@ -376,7 +393,16 @@ def load_config(environ: Mapping[str, str] | None = None,
             kwargs[f.name] = meta["parse"](text)
         except ValueError as exc:
             raise ConfigError(f"{meta['env']}: {exc}") from None
+    topologies = [env for env, name in REDIS_TOPOLOGIES if kwargs[name]]
+    if len(topologies) > 1:
+        raise ConfigError(f"{' and '.join(topologies)}: set only one; each selects where "
+                          "Redis is (one server, Sentinel or Cluster)")
     return Config(**kwargs)
+
+
+# The settings that each select a Redis topology (the contract, section 2): one at most.
+REDIS_TOPOLOGIES = (("REDIS_URL", "redis_url"), ("REDIS_SENTINELS", "redis_sentinels"),
+                    ("REDIS_CLUSTER_NODES", "redis_cluster_nodes"))
 
 
 def env_example() -> str:

@@ -185,6 +185,14 @@ ALERTS_FIRING = Gauge(
 ALERTS_RAISED = Counter(
     "btsguru_alerts_raised_total", "Alerts raised by the alerter, by name.", ["alert"],
     registry=REGISTRY)
+REDIS_FAILOVERS = Counter(
+    "btsguru_redis_failovers_total",
+    "Times this process saw the Sentinel-managed Redis master move to another address.",
+    registry=REGISTRY)
+REDIS_MASTER_LOOKUP_FAILURES = Counter(
+    "btsguru_redis_master_lookup_failures_total",
+    "Sentinel lookups of the master that found none (sentinels unreachable, unknown master "
+    "name, or the master down before a promotion).", registry=REGISTRY)
 
 # Close codes (contract section 4, RFC 6455) to bounded disconnect reasons.
 _CLOSE_REASONS = {1000: "normal", 1001: "going_away", 1009: "frame_too_large",

@@ -128,6 +128,27 @@ def parse_optional_host(raw: str) -> str:
     return parse_host(raw) if raw.strip() else ""
 
 
+def parse_addresses(raw: str) -> tuple[tuple[str, int], ...]:
+    """`host:port[,host:port...]` (an IPv6 host in brackets: `[::1]:26379`); empty: none."""
+    addresses: list[tuple[str, int]] = []
+    for item in (part.strip() for part in raw.split(",")):
+        if not item:
+            continue
+        host, sep, port = item.rpartition(":")
+        host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+        if not sep or not host or "/" in host or " " in host or not port.isdigit() \
+                or not 1 <= int(port) <= 65535:
+            raise ValueError(f"expected host:port[,host:port...], got {item!r}")
+        if (host, int(port)) not in addresses:
+            addresses.append((host, int(port)))
+    return tuple(addresses)
+
+
+def format_addresses(addresses: tuple[tuple[str, int], ...]) -> str:
+    """The inverse of `parse_addresses`, for messages and descriptions."""
+    return ",".join(f"[{h}]:{p}" if ":" in h else f"{h}:{p}" for h, p in addresses)
+
+
 def parse_sports(raw: str) -> tuple[str, ...]:
     names = tuple(dict.fromkeys(s.strip().lower() for s in raw.split(",") if s.strip()))
     if not names:

@@ -339,3 +339,34 @@ async def test_the_handlers_count_raw_misses_and_failed_keys(tmp_path):
         busting = {k: v for k, v in counts.items() if k.startswith("busting:")}
         assert list(busting.values()) == [3]
         assert counts["authfail:127.0.0.1"] == 2
+
+
+async def test_a_sentinel_failover_is_raised_for_a_while_then_resolved(world):
+    """The master's moves come from the process's `MasterWatch` (here fed by hand: the
+    real failovers are `test_sentinel_failover.py`); the alert resolves by itself."""
+    import dataclasses
+
+    from redis.asyncio.sentinel import Sentinel
+
+    from btsguru.alerts import FAILOVER_ALERT_S
+    from btsguru.store.sentinel import MasterWatch
+
+    config, redis, clock = world
+    watch = MasterWatch(Sentinel([]), "mymaster", "(none)")  # asking it finds no master
+    watch.observed("10.0.0.1", 6379)  # where the master was at start-up: no failover
+    alerter = make_alerter((config, dataclasses.replace(redis, master=watch), clock), None)
+    try:
+        assert await alerter.check_once() == []
+        assert watch.observed("10.0.0.2", 6379) is True
+        events = await alerter.check_once()
+        assert [(e.status, e.alert.id, e.alert.severity) for e in events] == \
+            [("firing", "redis_failover:10.0.0.2:6379", "warning")]
+        assert "moved from 10.0.0.1:6379 to 10.0.0.2:6379" in events[0].alert.message
+        clock.advance(FAILOVER_ALERT_S - 1)
+        assert await alerter.check_once() == []  # still raised, not raised again
+        clock.advance(1)
+        events = await alerter.check_once()
+        assert [(e.status, e.alert.id) for e in events] == \
+            [("resolved", "redis_failover:10.0.0.2:6379")]
+    finally:
+        await alerter.stop()

@@ -258,8 +258,9 @@ async def test_unknown_route_and_method_are_json(http_server_client):
 
 async def test_readyz_is_ok_when_both_answer(http_server_client):
     response = await http_server_client.fetch("/readyz")
-    assert json.loads(response.body) == {"status": "ok",
-                                         "checks": {"redis": "ok", "database": "ok"}}
+    assert json.loads(response.body) == {
+        "status": "ok", "checks": {"redis": "ok", "database": "ok"},
+        "redis": {"topology": "single", "description": "redis://127.0.0.1:6379/0"}}
 
 
 async def test_readyz_names_the_failed_dependency(tmp_path):

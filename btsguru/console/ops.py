@@ -1,5 +1,6 @@
-"""The operators' report: pollers per sport and task, the upstream quota per sport as day
-and minute gauges, the raw cache's hit rate, stream connections per transport and
+"""The operators' report: where Redis is (the topology and, with Sentinel, the current
+master and the failovers seen), pollers per sport and task, the upstream quota per sport
+as day and minute gauges, the raw cache's hit rate, stream connections per transport and
 process, and recent alerts.
 
 Beside the flow: reads what the services keep (the pollers' state rows and leases, the
@@ -23,6 +24,7 @@ from btsguru.alerts import AlertRow
 from btsguru.clock import Clock
 from btsguru.console.charts import Gauge, gauge
 from btsguru.store.cache import CacheCounters
+from btsguru.store.redis import RedisStatus
 from btsguru.upstream.quota import QuotaGovernor, QuotaState
 
 log = logging.getLogger(__name__)
@@ -83,6 +85,7 @@ class OpsReport:
     streams: Section[StreamRow]
     alerts: Section[AlertRow]
     generated_at: datetime
+    redis: RedisStatus | None = None
 
     @property
     def stream_total(self) -> int:
@@ -93,7 +96,8 @@ class OpsReporter:
     def __init__(self, sports: Sequence[str], quota: QuotaGovernor, cache: CacheCounters,
                  clock: Clock, *, pollers: TaskRows | None = None,
                  streams: Callable[[], Awaitable[list[StreamRow]]] | None = None,
-                 alerts: Callable[[], Awaitable[list[AlertRow]]] | None = None) -> None:
+                 alerts: Callable[[], Awaitable[list[AlertRow]]] | None = None,
+                 redis: Callable[[], Awaitable[RedisStatus]] | None = None) -> None:
         self._sports = tuple(sports)
         self._quota = quota
         self._cache = cache
@@ -101,6 +105,7 @@ class OpsReporter:
         self._pollers = pollers
         self._streams = streams
         self._alerts = alerts
+        self._redis = redis
 
     async def report(self) -> OpsReport:
         return OpsReport(
@@ -108,7 +113,8 @@ class OpsReporter:
             cache=CacheView(self._cache.hits, self._cache.misses, self._cache.stale),
             streams=await _section(self._streams, "stream connections"),
             alerts=await _section(self._alerts, "alerts"),
-            generated_at=datetime.fromtimestamp(self._clock.time(), UTC))
+            generated_at=datetime.fromtimestamp(self._clock.time(), UTC),
+            redis=await self._redis() if self._redis is not None else None)
 
     async def _poller_rows(self) -> Section[object]:
         if self._pollers is None:

@@ -1,4 +1,5 @@
-"""`/healthz` (the process runs) and `/readyz` (Redis and the database answer)."""
+"""`/healthz` (the process runs) and `/readyz` (Redis and the database answer; where Redis
+is: the topology and, with Sentinel, the master the sentinels name now)."""
 
 from __future__ import annotations
 
@@ -28,10 +29,12 @@ class ReadyHandler(JsonHandler):
         checks = {"redis": await _check(self.redis.ping()),
                   "database": await _check(self.db.ping())}
         failed = sorted(name for name, result in checks.items() if result != "ok")
+        redis = (await self.redis.status()).to_json()
         if failed:
-            self.write_json({"status": "unavailable", "failed": failed, "checks": checks}, 503)
+            self.write_json({"status": "unavailable", "failed": failed, "checks": checks,
+                             "redis": redis}, 503)
         else:
-            self.write_json({"status": "ok", "checks": checks})
+            self.write_json({"status": "ok", "checks": checks, "redis": redis})
 
 
 async def _check(probe: Awaitable[None]) -> str:

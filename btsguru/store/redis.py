@@ -6,11 +6,14 @@ leases and schedules, `REDIS_REVERB_DB` for real-time state. Redis pub/sub ignor
 database number, so every channel name carries the key prefix instead (`Keys.channel`).
 
 `memory://` selects the embedded store: fakeredis' asyncio client over one in-process
-`FakeServer`, so the same code runs with no Redis server (the demo).
+`FakeServer`, so the same code runs with no Redis server (the demo). `REDIS_SENTINELS`
+selects a Sentinel-managed master (`store.sentinel`): the same four clients, each finding
+the master through the sentinels and following it across a failover.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from dataclasses import dataclass
 from typing import Any
@@ -20,7 +23,8 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from btsguru.config import Config, mask_url
-from btsguru.errors import Unavailable
+from btsguru.errors import ConfigError, Unavailable
+from btsguru.store.sentinel import MasterWatch, open_sentinel_clients
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +36,8 @@ REDIS_SOCKET_TIMEOUT_S = 10.0
 # bound so a burst cannot open thousands of sockets to Redis; past it, callers wait.
 REDIS_MAX_CONNECTIONS = 200
 REDIS_POOL_WAIT_S = 5.0
+# `/readyz` answers within 2 s (a load balancer's probe); the master lookup gets that long.
+REDIS_STATUS_TIMEOUT_S = 2.0
 
 
 @dataclass(frozen=True)
@@ -60,6 +66,24 @@ class Keys:
 
 
 @dataclass(frozen=True)
+class RedisStatus:
+    """Where Redis is, for `/readyz` and the ops page: the topology, its description and,
+    with Sentinel, the master the sentinels name now (None when they name none) and the
+    failovers this process has seen."""
+
+    topology: str
+    description: str
+    master: str | None = None
+    failovers: int | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        view: dict[str, Any] = {"topology": self.topology, "description": self.description}
+        if self.topology == "sentinel":
+            view.update(master=self.master, failovers=self.failovers)
+        return view
+
+
+@dataclass(frozen=True)
 class RedisStores:
     """The clients of one process, one per logical database."""
 
@@ -70,20 +94,50 @@ class RedisStores:
     keys: Keys
     embedded: bool
     description: str
+    topology: str = "single"  # "single", "embedded" or "sentinel"
+    master: MasterWatch | None = None  # with Sentinel: where the master is, and its moves
 
     def all(self) -> tuple[aioredis.Redis, ...]:
         return (self.data, self.cache, self.queue, self.reverb)
 
     async def ping(self) -> None:
-        """Raise `Unavailable` unless Redis answers."""
+        """Raise `Unavailable` unless Redis answers (with Sentinel: the master it names)."""
         try:
             await self.data.ping()
         except (RedisError, OSError) as exc:
+            if self.master is not None:
+                why = await self.master.describe_failure(exc)
+                raise Unavailable(f"Redis {self.description}: {why}") from None
             raise Unavailable(f"Redis at {self.description} is unreachable: {exc}") from None
+
+    async def master_address(self) -> str | None:
+        """The master's `host:port` as the sentinels name it now (None on one server);
+        raises `Unavailable` when they name none."""
+        if self.master is None:
+            return None
+        try:
+            return await self.master.discover()
+        except (RedisError, OSError) as exc:
+            why = await self.master.describe_failure(exc)
+            raise Unavailable(f"Redis {self.description}: {why}") from None
+
+    async def status(self) -> RedisStatus:
+        """The topology and, with Sentinel, the current master (asked within
+        `REDIS_STATUS_TIMEOUT_S`; None when the sentinels name none by then)."""
+        if self.master is None:
+            return RedisStatus(self.topology, self.description)
+        try:
+            master: str | None = await asyncio.wait_for(self.master.discover(),
+                                                        REDIS_STATUS_TIMEOUT_S)
+        except (RedisError, OSError, TimeoutError):
+            master = None
+        return RedisStatus(self.topology, self.description, master, self.master.failovers)
 
     async def close(self) -> None:
         for client in self.all():
             await client.aclose()
+        if self.master is not None:
+            await self.master.close()
 
 
 def open_redis(config: Config) -> RedisStores:
@@ -98,6 +152,9 @@ def open_redis(config: Config) -> RedisStores:
         fakes: list[aioredis.Redis] = [fakeredis.FakeAsyncRedis(server=server, db=db)
                                        for db in dbs]
         return _stores(fakes, keys, embedded=True, description="memory://")
+    if config.redis_cluster_nodes:
+        raise ConfigError("REDIS_CLUSTER_NODES: Redis Cluster is not supported in this "
+                          "version yet; use REDIS_SENTINELS or one server (REDIS_URL)")
 
     clients: list[aioredis.Redis]
     common: dict[str, Any] = {
@@ -105,6 +162,14 @@ def open_redis(config: Config) -> RedisStores:
         "socket_timeout": REDIS_SOCKET_TIMEOUT_S,
         "health_check_interval": 30,
     }
+    if config.redis_sentinels:
+        clients, watch, description = open_sentinel_clients(
+            config, dbs, max_connections=REDIS_MAX_CONNECTIONS, pool_wait_s=REDIS_POOL_WAIT_S,
+            **common)
+        data, cache, queue, reverb = clients
+        return RedisStores(data=data, cache=cache, queue=queue, reverb=reverb, keys=keys,
+                           embedded=False, description=description, topology="sentinel",
+                           master=watch)
     if not url:
         password = config.redis_password.reveal() or None
         description = f"{config.redis_host}:{config.redis_port}"
@@ -142,4 +207,5 @@ def _stores(clients: list[aioredis.Redis], keys: Keys, *, embedded: bool,
             description: str) -> RedisStores:
     data, cache, queue, reverb = clients
     return RedisStores(data=data, cache=cache, queue=queue, reverb=reverb, keys=keys,
-                       embedded=embedded, description=description)
+                       embedded=embedded, description=description,
+                       topology="embedded" if embedded else "single")
