@@ -8,9 +8,10 @@ own keys. One process of the cluster evaluates at a time — it holds the `alert
 process. Each raise and resolve is:
 
 - logged on one line (a critical alert at error, a warning at warning, a resolve at info);
-- kept in Redis: the firing set (`<prefix>alerts:firing`, a hash by alert id, so a new
-  leader carries on where the old one stopped and does not re-send) and the recent
-  events (`<prefix>alerts:recent`, newest first, capped) that the ops console shows;
+- kept in Redis: the firing set (`<prefix>alerts:{alerts}:firing`, a hash by alert id,
+  so a new leader carries on where the old one stopped and does not re-send) and the
+  recent events (`<prefix>alerts:{alerts}:recent`, newest first, capped) that the ops
+  console shows, one hash tag so one MULTI writes both on a Redis Cluster;
 - POSTed as JSON to `ALERT_WEBHOOK_URL` when set, with a Slack-compatible `text`, retried
   with jittered backoff on connection errors, 429 and 5xx.
 
@@ -135,17 +136,27 @@ class TaskRows(Protocol):
 
 
 class AlertStore:
-    """The firing set and the recent events in Redis (the `data` database)."""
+    """The firing set and the recent events in Redis (the `data` database).
+
+    Earlier versions kept them under untagged names (`alerts:firing`, `alerts:recent`):
+    those are still read, so an alert raised before an upgrade is neither raised again
+    nor forgotten (its resolve deletes it from both), and the console's recent events
+    run on into the older ones. Nothing is written there any more."""
 
     def __init__(self, redis: RedisStores) -> None:
         self._redis = redis.data
-        self._firing = redis.keys.key("alerts", "firing")
-        self._recent = redis.keys.key("alerts", "recent")
+        self._firing = redis.keys.tagged("alerts", "alerts", "firing")
+        self._recent = redis.keys.tagged("alerts", "alerts", "recent")
+        self._legacy_firing = redis.keys.key("alerts", "firing")
+        self._legacy_recent = redis.keys.key("alerts", "recent")
 
     async def firing(self) -> dict[str, Alert]:
-        raw = await self._redis.hgetall(self._firing)
+        async with self._redis.pipeline(transaction=False) as pipe:
+            pipe.hgetall(self._legacy_firing)
+            pipe.hgetall(self._firing)
+            legacy, current = await pipe.execute()
         found = {}
-        for key, blob in raw.items():
+        for key, blob in (legacy | current).items():
             fields = orjson.loads(blob)
             found[key.decode() if isinstance(key, bytes) else str(key)] = Alert(
                 id=fields["id"], name=fields["name"], severity=fields["severity"],
@@ -161,10 +172,14 @@ class AlertStore:
             pipe.lpush(self._recent, orjson.dumps(event.to_json()))
             pipe.ltrim(self._recent, 0, RECENT_ALERTS - 1)
             await pipe.execute()
+        if event.status == "resolved":  # raised by an earlier version, maybe
+            await self._redis.hdel(self._legacy_firing, event.alert.id)
 
     async def recent(self, limit: int = 50) -> list[dict[str, Any]]:
-        return [orjson.loads(blob) for blob in await self._redis.lrange(self._recent, 0,
-                                                                         limit - 1)]
+        blobs = await self._redis.lrange(self._recent, 0, limit - 1)
+        if len(blobs) < limit:  # then the events of an earlier version, older still
+            blobs += await self._redis.lrange(self._legacy_recent, 0, limit - len(blobs) - 1)
+        return [orjson.loads(blob) for blob in blobs]
 
     async def rows(self) -> list[AlertRow]:
         """For the ops console: newest first; a resolve shows at info."""

@@ -160,7 +160,8 @@ class Config:
         parse_secret, secret=True)
     redis_cluster_nodes: tuple[tuple[str, int], ...] = setting(
         "REDIS_CLUSTER_NODES", "",
-        "host:port[,host:port...] of Redis Cluster nodes (not supported in this version yet).",
+        "host:port[,host:port...] of Redis Cluster nodes (any reachable ones; the rest are "
+        "discovered).",
         parse_addresses)
 
     # -- real-time (names from the original specification) --

@@ -62,6 +62,19 @@ class ClusterNodes:
     def healthy(self) -> bool:
         return all(self.info(port).get("cluster_state") == "ok" for port in self.ports)
 
+    def replicas_in_sync(self) -> bool:
+        """Every replica's link to its master is up: before that a replica cannot be
+        promoted (its data counts as too old), so a failover test waits for this."""
+        for port in self.ports:
+            try:
+                with self.client(port) as client:
+                    info = client.info("replication")
+            except redis.RedisError:
+                return False
+            if info.get("role") == "slave" and info.get("master_link_status") != "up":
+                return False
+        return True
+
     def roles(self) -> dict[int, str]:
         """port -> "master" or "slave", as each node reports itself."""
         roles = {}

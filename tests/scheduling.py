@@ -42,6 +42,8 @@ LONGEST_FIRST = (  # module, seconds of its tests on one worker
     "tests/test_tiers.py",  # 22 (three engines)
     "tests/test_backup.py",  # 16
     "tests/test_sentinel_failover.py",  # 15 (two Sentinel sets, a failover each)
+    "tests/test_cluster_failover.py",  # 12 (a Cluster, a master killed)
+    "tests/test_cluster.py",  # 9 (a Cluster, CLI start-ups)
     "tests/security/test_fuzz_pusher.py",  # 15
     "tests/security/test_fuzz_ws.py",  # 14
     "tests/test_sentinel.py",  # 10 (a Sentinel set, CLI start-ups)

@@ -8,6 +8,7 @@ from collections.abc import Iterator
 import orjson
 import pytest
 
+from btsguru.alerts import Alert, AlertEvent, AlertStore
 from btsguru.auth.ratelimit import RateLimiter, RatePolicy
 from btsguru.auth.usage import UsageService
 from btsguru.clock import FakeClock, SystemClock
@@ -15,7 +16,7 @@ from btsguru.console.sessions import SessionStore
 from btsguru.console.throttle import LoginThrottle
 from btsguru.pollers.lease import Leases
 from btsguru.pollers.state import PollerState
-from btsguru.realtime.slots import StreamSlots
+from btsguru.realtime.slots import ALIVE_CACHE_S, StreamSlots
 from btsguru.sports.standings import StandingRow
 from btsguru.store.bus import game_channel
 from btsguru.store.pusher import PusherState
@@ -171,18 +172,32 @@ async def test_rate_limit_take_and_lease_return(test_config, guard):
 
 async def test_stream_slots_take_release_close(test_config, guard):
     stores = open_redis(test_config)
+    clock = FakeClock(NOW)
     slots = StreamSlots(stores.reverb, stores.keys, process_id="proc-a")
+    other = StreamSlots(stores.reverb, stores.keys, process_id="proc-b", clock=clock)
     try:
         await slots.heartbeat()
-        assert await slots.acquire(7, 2) == 1
-        assert await slots.acquire(7, 2) == 2
-        assert await slots.acquire(7, 2) is None
+        await other.heartbeat()
+        assert await slots.acquire(7, 3) == 1
+        assert await other.acquire(7, 3) == 2  # proc-a unknown to it: read, then counted
+        assert await slots.acquire(7, 3) == 3
+        assert await other.acquire(7, 3) is None
         await slots.release(7)
+        # proc-a dies without a word: once proc-b's memory of it as alive is stale, the
+        # next take reads its heartbeat and reaps its count
+        await stores.reverb.delete(stores.keys.key("streams", "proc", "proc-a"))
+        assert await other.acquire(7, 3) == 3  # proc-a still seen alive: counted
+        assert await other.acquire(7, 3) is None
+        clock.advance(ALIVE_CACHE_S)
+        assert await other.acquire(7, 3) == 3
+        assert await stores.reverb.hgetall(stores.keys.key("streams", "user", 7)) == \
+            {b"proc-b": b"3"}
+        await other.close()
         await slots.close()
     finally:
         await stores.close()
     guard.assert_clean()
-    assert guard.seen["EVALSHA"] >= 4
+    assert guard.seen["EVALSHA"] >= 7
 
 
 async def test_pusher_counts_and_reaping(test_config, guard):
@@ -201,18 +216,78 @@ async def test_pusher_counts_and_reaping(test_config, guard):
     guard.assert_clean()
 
 
-@pytest.mark.xfail(strict=True, reason="presence spans the channel's hashes and the "
-                   "process ledger: the next step (see the README's Scaling out)")
-async def test_pusher_presence_join_and_leave(test_config, guard):
+async def test_pusher_presence_join_leave_reap_and_reassert(test_config, guard):
     stores = open_redis(test_config)
-    state = PusherState(stores.reverb, stores.keys, process_id="proc-a")
+    one = PusherState(stores.reverb, stores.keys, process_id="proc-a")
+    two = PusherState(stores.reverb, stores.keys, process_id="proc-b")
+    room = "presence-room"
     try:
-        assert await state.join("presence-room", "u1", b'{"name":"A"}', 100) == 1
-        assert await state.leave("presence-room", "u1")
+        await one.heartbeat()
+        await two.heartbeat()
+        assert await one.join(room, "u1", b'{"name":"A"}', 100) == 1
+        assert await two.join(room, "u1", b'{"name":"A"}', 100) == 2  # not new anywhere
+        assert await two.join(room, "u2", b'{"name":"B"}', 2) == 1
+        assert await one.join(room, "u3", b'{"name":"C"}', 2) == -1  # full
+        assert await one.members(room) == {"u1": {"name": "A"}, "u2": {"name": "B"}}
+        assert not await one.leave(room, "u1")  # u1 still has a socket on proc-b
+        assert await one.join("presence-lobby", "u1", b'{"name":"A"}', 100) == 1
+        # proc-b dies without a word: proc-a reaps it channel by channel
+        await stores.reverb.delete(stores.keys.key("pusher", "proc", "proc-b"))
+        announced = []
+        one.publish = lambda channel, message: _note(announced, channel, message)  # type: ignore[method-assign]
+        await one.reap()
+        assert sorted(announced) == [(room, "u1"), (room, "u2")]
+        assert await one.members(room) == {}
+        assert await one.members("presence-lobby") == {"u1": {"name": "A"}}
+        # proc-a's heartbeat lapses and its members are reaped too: it writes them back,
+        # and writing them back twice changes nothing
+        await stores.reverb.delete(stores.keys.key("pusher", "proc", "proc-a"))
+        await two.reap()
+        assert await one.members("presence-lobby") == {}
+        await one.heartbeat()
+        await one.heartbeat()
+        assert list(await one.members("presence-lobby")) == ["u1"]
+        assert await one.leave("presence-lobby", "u1")  # its only socket: the last
+        assert await one.members("presence-lobby") == {}
     finally:
-        await state.close()
+        await one.close()
         await stores.close()
     guard.assert_clean()
+    assert guard.seen["EVALSHA"] >= 10
+
+
+async def _note(into: list[tuple[str, str]], channel: str, message: dict) -> None:
+    assert message["event"] == "pusher_internal:member_removed"
+    into.append((channel, orjson.loads(message["data"])["user_id"]))
+
+
+async def test_alerts_raise_resolve_and_an_upgrade_keeps_the_old_firing_set(test_config,
+                                                                             guard):
+    stores = open_redis(test_config)
+    keys = stores.keys
+    old = Alert("quota_day_80:hockey", "quota_day_80", "warning", "80% of the day")
+    new = Alert("circuit_open:football", "circuit_open", "critical", "breaker open")
+    try:
+        # what an earlier version left: an alert firing, and its event, untagged
+        await stores.data.hset(keys.key("alerts", "firing"), old.id,
+                               orjson.dumps(old.__dict__))
+        await stores.data.lpush(keys.key("alerts", "recent"),
+                                orjson.dumps(AlertEvent("firing", old, NOW).to_json()))
+        store = AlertStore(stores)
+        assert await store.firing() == {old.id: old}  # not raised again
+        await store.record(AlertEvent("firing", new, NOW + 60))
+        assert await store.firing() == {old.id: old, new.id: new}
+        await store.record(AlertEvent("resolved", old, NOW + 120))
+        assert await store.firing() == {new.id: new}
+        assert await stores.data.exists(keys.key("alerts", "firing")) == 0
+        assert [(e["status"], e["id"]) for e in await store.recent()] == [
+            ("resolved", old.id), ("firing", new.id), ("firing", old.id)]
+        assert [(e["status"], e["id"]) for e in await store.recent(limit=2)] == [
+            ("resolved", old.id), ("firing", new.id)]
+    finally:
+        await stores.close()
+    guard.assert_clean()
+    assert guard.seen["MULTI"] == 2
 
 
 async def test_series_poller_state_standings_sessions_throttle(test_config, guard):

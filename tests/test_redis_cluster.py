@@ -12,10 +12,13 @@ from redis.asyncio.cluster import RedisCluster
 from redis.crc import key_slot
 from redis.exceptions import RedisClusterException, ResponseError
 
+from btsguru.alerts import Alert, AlertEvent, AlertStore
 from btsguru.clock import FakeClock
 from btsguru.pollers.lease import _TAKE_OR_RENEW, lease_key
+from btsguru.realtime.slots import ALIVE_CACHE_S, StreamSlots
 from btsguru.store.bus import game_channel
 from btsguru.store.history import EventHistory, history_key
+from btsguru.store.pusher import PusherState
 from btsguru.store.redis import Keys, RedisStores
 from btsguru.upstream.quota import QuotaGovernor
 from tests.conftest import make_test_config
@@ -84,5 +87,57 @@ async def test_quota_lease_and_history_scripts_run_on_the_cluster(cluster, tmp_p
         master = next(p for p, role in cluster.roles().items() if role == "master")
         with cluster.client(master) as node, pytest.raises(ResponseError, match="same slot"):
             node.eval("return 1", 2, keys.key("a"), keys.key("b"))
+    finally:
+        await client.aclose()
+
+
+async def test_presence_stream_slot_and_alert_scripts_run_on_the_cluster(cluster,
+                                                                         tmp_path: Path):
+    keys = Keys(f"btgtest:{uuid.uuid4().hex[:12]}:")
+    client = RedisCluster(host="127.0.0.1", port=cluster.ports[0])
+    try:
+        # Pusher presence: two processes, one channel, a member each and a shared one
+        one = PusherState(client, keys, process_id="proc-a")  # type: ignore[arg-type]
+        two = PusherState(client, keys, process_id="proc-b")  # type: ignore[arg-type]
+        for state in (one, two):
+            await state.heartbeat()
+        room = "presence-room"
+        assert await one.join(room, "u1", b'{"n":1}', 100) == 1
+        assert await two.join(room, "u1", b'{"n":1}', 100) == 2
+        assert await two.join(room, "u2", b'{"n":2}', 2) == 1
+        assert await one.join(room, "u3", b'{"n":3}', 2) == -1
+        assert not await one.leave(room, "u1")  # proc-b still holds a socket of u1
+        assert await one.members(room) == {"u1": {"n": 1}, "u2": {"n": 2}}
+        # proc-b dies: proc-a reaps it, one script in the channel's slot
+        await client.delete(keys.key("pusher", "proc", "proc-b"))
+        await one.reap()
+        assert await one.members(room) == {}
+        assert len({client.get_node_from_key(k).name
+                    for k in one._presence_keys(room)}) == 1
+        await one.close()
+
+        # stream slots: the per-user limit across two processes, a dead one's reaped
+        clock = FakeClock(NOW)
+        a = StreamSlots(client, keys, process_id="slots-a")  # type: ignore[arg-type]
+        b = StreamSlots(client, keys, process_id="slots-b", clock=clock)  # type: ignore[arg-type]
+        await a.heartbeat()
+        await b.heartbeat()
+        assert [await a.acquire(7, 3), await b.acquire(7, 3), await a.acquire(7, 3)] == \
+            [1, 2, 3]
+        assert await b.acquire(7, 3) is None
+        await client.delete(keys.key("streams", "proc", "slots-a"))
+        clock.advance(ALIVE_CACHE_S)
+        assert await b.acquire(7, 3) == 2  # slots-a's two are gone
+        assert await client.hgetall(keys.key("streams", "user", 7)) == {b"slots-b": b"2"}
+        await b.close()
+
+        # alerts: the firing set and the recent events in one MULTI
+        store = AlertStore(stores_on(client, keys))
+        alert = Alert("circuit_open:football", "circuit_open", "critical", "open")
+        await store.record(AlertEvent("firing", alert, NOW))
+        assert await store.firing() == {alert.id: alert}
+        await store.record(AlertEvent("resolved", alert, NOW + 60))
+        assert await store.firing() == {}
+        assert [e["status"] for e in await store.recent()] == ["resolved", "firing"]
     finally:
         await client.aclose()

@@ -102,13 +102,6 @@ def test_two_topologies_stop_every_command(tmp_path, command):
                     "one; each selects where Redis is (one server, Sentinel or Cluster)")
 
 
-def test_cluster_nodes_are_refused_until_cluster_is_supported(tmp_path):
-    result = run_cli("serve", "--port", "0",
-                     env=serve_env(tmp_path, REDIS_CLUSTER_NODES="127.0.0.1:7000"))
-    line = assert_one_line_error(result, 2)
-    assert "REDIS_CLUSTER_NODES: Redis Cluster is not supported in this version yet" in line
-
-
 # -- bad input at start-up: one line, non-zero, within the bound --
 
 @pytest.mark.parametrize("command", [["serve", "--port", "0"], ["poll"]])

@@ -142,7 +142,7 @@ async def test_in_memory_bus_follows_the_hierarchy():
                    ("sports.football", "1002-0")]
     with pytest.raises(ValueError):
         await bus.subscribe("private-chat", lambda ch, ev: None)
-    assert bus.redis_channel("sports.football") is None
+    assert bus.redis_targets("sports.football") is None
 
 
 def test_wire_format_round_trips_and_encodes_data_once():

@@ -62,6 +62,7 @@ from btsguru.clock import Clock
 from btsguru.config import Config
 from btsguru.db.runner import DatabaseRunner
 from btsguru.errors import Forbidden, Unauthorized, Unavailable, store_unavailable
+from btsguru.store.pubsub import publish
 from btsguru.store.redis import RedisStores
 
 __all__ = ["AUTH_CACHE_TTL_S", "AUTH_STALE_IF_ERROR_S", "STALE_RETRY_S", "STALE_WAIT_S",
@@ -264,7 +265,7 @@ class AccessService:
 
     async def _publish(self, message: dict[str, object]) -> None:
         try:
-            await self._redis.reverb.publish(self.invalidation_channel, orjson.dumps(message))
+            await publish(self._redis.reverb, self.invalidation_channel, orjson.dumps(message))
         except (RedisError, OSError) as exc:
             log.warning("auth invalidation not published (%s); other processes catch up "
                         "within %g s", exc, self._cache.cache_ttl_s)

@@ -55,7 +55,6 @@ from __future__ import annotations
 import asyncio
 import logging
 
-import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from btsguru.auth.ratelease import LEASE_LUA, Lease
@@ -63,8 +62,8 @@ from btsguru.auth.ratepolicy import LocalBuckets, RateDecision, RatePolicy
 from btsguru.clock import Clock
 from btsguru.errors import Unavailable
 from btsguru.lifecycle import cancel_tasks
-from btsguru.store.redis import Keys
-from btsguru.store.typed import reset_pipeline
+from btsguru.store.redis import Keys, RedisClient
+from btsguru.store.typed import queue_script, reset_pipeline
 
 __all__ = ["RETURN_INTERVAL_S", "RateDecision", "RateLimiter", "RatePolicy"]
 
@@ -97,7 +96,7 @@ class RateLimiter:
     processes never exceed `burst + refill_per_s * (elapsed + lease_s)`, nor
     `daily_quota` per UTC day; a refused request spends nothing."""
 
-    def __init__(self, redis: aioredis.Redis, keys: Keys, clock: Clock, *,
+    def __init__(self, redis: RedisClient, keys: Keys, clock: Clock, *,
                  fail_open_max_s: float = FAIL_OPEN_MAX_S,
                  call_timeout_s: float = REDIS_CALL_TIMEOUT_S) -> None:
         self._redis = redis
@@ -250,10 +249,10 @@ class RateLimiter:
         for user_id, lease, back in work:
             lease.returning = 0
             p = lease.policy
-            await self._script(keys=[self.bucket_key(user_id)],
+            await queue_script(self._script, pipe, keys=[self.bucket_key(user_id)],
                                args=[p.burst, repr(p.refill_per_s), 0,
                                      -1 if p.daily_quota is None else p.daily_quota, 0,
-                                     back, lease.day], client=pipe)
+                                     back, lease.day])
         try:
             await asyncio.wait_for(pipe.execute(), self._call_timeout_s)
         except BaseException:

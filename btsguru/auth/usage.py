@@ -48,12 +48,11 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 
 import peewee
-import redis.asyncio as aioredis
 
 from btsguru.clock import Clock
 from btsguru.db.models import ROUTE_KINDS, ApiKey, UsageDaily, UsageHourly
 from btsguru.db.runner import DatabaseRunner
-from btsguru.store.redis import Keys
+from btsguru.store.redis import Keys, RedisClient
 
 log = logging.getLogger(__name__)
 
@@ -120,7 +119,7 @@ class _Snapshot:
 class UsageService:
     """Counts usage in-process, flushes it to Redis, rolls it up into the database."""
 
-    def __init__(self, redis: aioredis.Redis, keys: Keys, runner: DatabaseRunner,
+    def __init__(self, redis: RedisClient, keys: Keys, runner: DatabaseRunner,
                  clock: Clock, *, close_grace_s: float = CLOSE_GRACE_S) -> None:
         self._redis = redis
         self._keys = keys

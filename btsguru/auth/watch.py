@@ -28,10 +28,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import orjson
-import redis.asyncio as aioredis
 
 from btsguru.clock import Clock
-from btsguru.store.redis import Keys
+from btsguru.store.redis import Keys, RedisClient
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +57,7 @@ def minute_of(epoch_s: float) -> int:
 class AccessWatch:
     """In-process counts of unusual access, flushed to Redis in one round trip."""
 
-    def __init__(self, redis: aioredis.Redis, keys: Keys, clock: Clock) -> None:
+    def __init__(self, redis: RedisClient, keys: Keys, clock: Clock) -> None:
         self._redis = redis
         self._keys = keys
         self._clock = clock

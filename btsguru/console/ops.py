@@ -1,7 +1,7 @@
 """The operators' report: where Redis is (the topology and, with Sentinel, the current
-master and the failovers seen), pollers per sport and task, the upstream quota per sport
-as day and minute gauges, the raw cache's hit rate, stream connections per transport and
-process, and recent alerts.
+master and the failovers seen; with Cluster, the masters), pollers per sport and task,
+the upstream quota per sport as day and minute gauges, the raw cache's hit rate, stream
+connections per transport and process, and recent alerts.
 
 Beside the flow: reads what the services keep (the pollers' state rows and leases, the
 quota governor's counters, the cache's counters, the hub's connection registry, the

@@ -16,10 +16,8 @@ from collections import Counter
 from collections.abc import Mapping
 from typing import Any, Protocol
 
-import redis.asyncio as aioredis
-
 from btsguru.console.ops import StreamRow
-from btsguru.store.redis import Keys
+from btsguru.store.redis import Keys, RedisClient
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +37,7 @@ def _text(value: bytes | str) -> str:
 
 
 class StreamCounts:
-    def __init__(self, redis: aioredis.Redis, keys: Keys, *, process_id: str,
+    def __init__(self, redis: RedisClient, keys: Keys, *, process_id: str,
                  local: LocalConnections | None = None) -> None:
         self._redis = redis
         self._keys = keys

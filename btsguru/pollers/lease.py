@@ -29,6 +29,7 @@ from redis.exceptions import RedisError
 
 from btsguru.clock import Clock
 from btsguru.store.redis import Keys, RedisStores
+from btsguru.store.typed import queue_script
 
 log = logging.getLogger(__name__)
 
@@ -109,8 +110,8 @@ class Leases:
         try:
             async with self._redis.pipeline(transaction=False) as pipe:
                 for name in names:
-                    await self._take(keys=[self.key(name)], args=[self.token, ttl_ms],
-                                     client=pipe)
+                    await queue_script(self._take, pipe, keys=[self.key(name)],
+                                       args=[self.token, ttl_ms])
                 replies = await pipe.execute()
         except (RedisError, OSError) as exc:
             log.warning("leases: cannot reach Redis to renew %d leases: %s", len(names), exc)
@@ -152,7 +153,8 @@ class Leases:
         try:
             async with self._redis.pipeline(transaction=False) as pipe:
                 for name in mine:
-                    await self._release(keys=[self.key(name)], args=[self.token], client=pipe)
+                    await queue_script(self._release, pipe, keys=[self.key(name)],
+                                       args=[self.token])
                 await pipe.execute()
         except (RedisError, OSError) as exc:  # they expire by themselves
             log.warning("leases: could not release %s: %s", ", ".join(mine), exc)

@@ -26,6 +26,7 @@ from redis.typing import EncodableT
 from btsguru.clock import Clock
 from btsguru.pollers.lease import lease_key
 from btsguru.store.hot import encode_invalidation, hot_channel, live_list_name
+from btsguru.store.pubsub import publish, sharded
 from btsguru.store.redis import RedisStores
 
 log = logging.getLogger(__name__)
@@ -137,10 +138,16 @@ class PollerState:
             if count_requests:
                 pipe.hincrby(key, "requests", count_requests)
             pipe.expire(key, STATE_TTL_S)
-            if self.namespace == "poll" and task in _SHOWN_IN_LIVE:
-                # `/v1/{sport}/live` shows this row's freshness: drop its cached copies
-                pipe.publish(hot_channel(self._keys), encode_invalidation([live_list_name(sport)]))
+            # `/v1/{sport}/live` shows this row's freshness: drop its cached copies, with
+            # the write; on Cluster after it (SPUBLISH is bound to its channel's slot,
+            # which a MULTI on this key cannot reach)
+            invalidate = self.namespace == "poll" and task in _SHOWN_IN_LIVE
+            message = encode_invalidation([live_list_name(sport)])
+            if invalidate and not sharded(self._redis):
+                pipe.publish(hot_channel(self._keys), message)
             await pipe.execute()
+        if invalidate and sharded(self._redis):
+            await publish(self._redis, hot_channel(self._keys), message)
 
     async def wake(self, sport: str, task: str, at: float) -> bool:
         """Move the task's next run to `at` if that is sooner; True when moved."""

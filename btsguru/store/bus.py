@@ -12,9 +12,19 @@ of every channel below it (the contract's hierarchy). `RedisBus` maps a subscrip
 to a pattern subscription (`PSUBSCRIBE {prefix}bus:games:{sport}:*`) plus the exact
 channel, so a process receives only what its clients subscribed to.
 
+On Redis Cluster the bus is sharded pub/sub (SPUBLISH/SSUBSCRIBE), which has no
+patterns: an event is published to its own channel and to each parent's
+(`{prefix}bus:games:{<sport>}:{league}:{game}`, `...:{<sport>}:{league}`,
+`...:{<sport>}`), and a subscription is one exact SSUBSCRIBE. The braces make the sport
+the hash tag, the same as the history's and the game keys' (`store.games`): the ingest
+script's SPUBLISHes stay in its slot, and a sport's events are handled by one shard's
+nodes. redis-py's `ClusterPubSub` keeps one connection per master that holds a
+subscribed channel and moves a subscription when its slot moves (a failover); a new
+connection or a reconnect counts as a gap, announced like a reconnect here.
+
 Guarantees:
 - Per subscription, events arrive in publish order; the store publishes a game's events
-  inside the Lua script that numbers them (`redis_channel`), so publish order is `seq`
+  inside the Lua script that numbers them (`redis_targets`), so publish order is `seq`
   order across every process.
 - Delivery is at most once: Redis pub/sub drops what is published while a subscriber is
   disconnected. After a reconnect the bus resubscribes and calls the `on_reconnect`
@@ -33,20 +43,21 @@ import asyncio
 import contextlib
 import logging
 import re
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any, Protocol
 
 import orjson
-import redis.asyncio as aioredis
 from redis.asyncio.client import PubSub
+from redis.asyncio.cluster import ClusterPubSub, RedisCluster
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
 from btsguru.backoff import Backoff, Failures
 from btsguru.lifecycle import cancel_tasks
-from btsguru.store.redis import Keys
+from btsguru.store.redis import Keys, RedisClient
 from btsguru.store.typed import aclose_pubsub
 
 log = logging.getLogger(__name__)
@@ -97,10 +108,12 @@ class Bus(Protocol):
         """Call `listener()` after the bus lost its connection and resubscribed: events
         published in between were not delivered (read them from the history)."""
 
-    def redis_channel(self, channel: str) -> str | None:
-        """The Redis pub/sub channel on which a Lua script may PUBLISH `encode_message`
-        for public `channel`, atomically with its writes; None when this bus is not
-        Redis pub/sub (the caller then calls `publish` after its writes)."""
+    def redis_targets(self, channel: str) -> str | None:
+        """Where a Lua script publishes `encode_message` for public `channel`,
+        atomically with its writes (`publish_targets` in `store.history`'s Lua): the
+        command (PUBLISH, or SPUBLISH on Cluster) and the Redis channels, one a line;
+        None when this bus is not Redis pub/sub (the caller then calls `publish` after
+        its writes)."""
 
     async def close(self) -> None: ...
 
@@ -158,7 +171,7 @@ class InMemoryBus:
     def on_reconnect(self, listener: Callable[[], None]) -> None:
         """Never called: an in-process bus does not disconnect."""
 
-    def redis_channel(self, channel: str) -> str | None:
+    def redis_targets(self, channel: str) -> str | None:
         return None
 
     async def close(self) -> None:
@@ -174,13 +187,17 @@ class _Subscription:
 
 
 class RedisBus:
-    """Redis pub/sub on the `reverb` client: one connection and one reader task per
-    process, whatever the number of subscriptions."""
+    """Redis pub/sub on the `reverb` client: one connection (on Cluster, one per master
+    holding a subscribed channel) and one reader task per process, whatever the number
+    of subscriptions."""
 
-    def __init__(self, redis: aioredis.Redis, keys: Keys, *,
+    def __init__(self, redis: RedisClient, keys: Keys, *,
                  backoff: Backoff | None = None) -> None:
         self._redis = redis
         self._keys = keys
+        self._sharded = isinstance(redis, RedisCluster)
+        # on Cluster: the per-master connections already known (a new one is a gap)
+        self._known: weakref.WeakSet[Any] = weakref.WeakSet()
         self._backoff = backoff or Backoff(*RECONNECT_BACKOFF)
         self._subscriptions: dict[str, _Subscription] = {}
         self._by_redis: dict[str, _Subscription] = {}  # exact channel or pattern -> sub
@@ -192,15 +209,31 @@ class RedisBus:
         self._closed = False
         self._gap = False  # the connection was lost: announce once reads work again
 
-    def redis_channel(self, channel: str) -> str | None:
+    def redis_channel(self, channel: str) -> str:
+        """The Redis channel a subscriber of public `channel` listens to."""
         sport, league, game = parse_channel(channel)
-        return self._keys.channel("games", *(p for p in (sport, league, game) if p is not None))
+        tag = "{" + sport + "}" if self._sharded else sport  # Cluster: the sport's slot
+        return self._keys.channel("games", *(p for p in (tag, league, game) if p is not None))
+
+    def _published_on(self, channel: str) -> list[str]:
+        """The Redis channels an event of public `channel` goes to: its own, and on
+        Cluster each parent's too (no patterns there)."""
+        if not self._sharded:
+            return [self.redis_channel(channel)]
+        parts = channel.split(".")
+        return [self.redis_channel(".".join(parts[:n])) for n in range(len(parts), 1, -1)]
+
+    def redis_targets(self, channel: str) -> str | None:
+        command = "SPUBLISH" if self._sharded else "PUBLISH"
+        return "\n".join((command, *self._published_on(channel)))
 
     async def publish(self, event: BusEvent) -> None:
-        target = self.redis_channel(event.channel)
-        assert target is not None
-        await self._redis.publish(target, encode_message(event.id, event.event, event.channel,
-                                                         event.data_json))
+        message = encode_message(event.id, event.event, event.channel, event.data_json)
+        for target in self._published_on(event.channel):
+            if isinstance(self._redis, RedisCluster):
+                await self._redis.spublish(target, message)
+            else:
+                await self._redis.publish(target, message)
 
     async def subscribe(self, channel: str, callback: BusCallback) -> None:
         exact = self.redis_channel(channel)
@@ -211,7 +244,8 @@ class RedisBus:
             sub = self._subscriptions.get(channel)
             if sub is None:
                 _sport, _league, game = parse_channel(channel)
-                pattern = None if game is not None else _glob_escape(exact) + ":*"
+                pattern = None if game is not None or self._sharded \
+                    else _glob_escape(exact) + ":*"
                 sub = _Subscription(channel, exact, pattern)
                 self._subscriptions[channel] = sub
                 self._by_redis[exact] = sub
@@ -220,8 +254,11 @@ class RedisBus:
                 try:
                     confirmed = [self._expect(exact)]
                     pubsub = await self._ensure_pubsub()
-                    await pubsub.subscribe(exact)
-                    self._watch(pubsub)
+                    if isinstance(pubsub, ClusterPubSub):
+                        await pubsub.ssubscribe(exact)
+                    else:
+                        await pubsub.subscribe(exact)
+                    self._watch(pubsub, exact)
                     if pattern is not None:
                         confirmed.append(self._expect(pattern))
                         await pubsub.psubscribe(pattern)
@@ -244,6 +281,9 @@ class RedisBus:
             self._forget(sub)
             if self._pubsub is not None:
                 with contextlib.suppress(RedisError, OSError):
+                    if isinstance(self._pubsub, ClusterPubSub):
+                        await self._pubsub.sunsubscribe(sub.exact)
+                        return
                     await self._pubsub.unsubscribe(sub.exact)
                     if sub.pattern is not None:
                         await self._pubsub.punsubscribe(sub.pattern)
@@ -298,7 +338,13 @@ class RedisBus:
                         raise RedisConnectionError("no subscription is active")
                     await asyncio.sleep(IDLE_WAIT_S)  # nothing subscribed yet (or any more)
                     continue
-                message = await pubsub.get_message(timeout=READ_TIMEOUT_S)
+                if isinstance(pubsub, ClusterPubSub):
+                    # a failure is raised only when every shard read fails; a shard
+                    # whose subscriptions moved shows as a new connection (a gap)
+                    message = await pubsub.get_sharded_message(timeout=READ_TIMEOUT_S)
+                    self._note_new_connections(pubsub)
+                else:
+                    message = await pubsub.get_message(timeout=READ_TIMEOUT_S)
                 failures.succeeded()
                 if self._gap:
                     self._gap = False
@@ -327,22 +373,55 @@ class RedisBus:
             exact = [s.exact for s in self._subscriptions.values()]
             patterns = [s.pattern for s in self._subscriptions.values() if s.pattern]
             try:
+                if isinstance(self._pubsub, ClusterPubSub):
+                    assert isinstance(self._redis, RedisCluster)
+                    # the slot map first: the read failed because a master went away,
+                    # and the map still names it until something refreshes it
+                    await asyncio.wait_for(self._redis.nodes_manager.initialize(),
+                                           SUBSCRIBE_TIMEOUT_S)
+                    for name in exact:  # one SSUBSCRIBE per channel: each to its shard
+                        await asyncio.wait_for(self._pubsub.ssubscribe(name),
+                                               SUBSCRIBE_TIMEOUT_S)
+                        self._watch(self._pubsub, name)
+                    return
                 if exact:
                     await self._pubsub.subscribe(*exact)
                 if patterns:
                     await self._pubsub.psubscribe(*patterns)
                 self._watch(self._pubsub)
-            except (RedisError, OSError) as exc:
+            except (RedisError, OSError, TimeoutError) as exc:
                 # still down: the reader's next read fails and we come back here
                 log.debug("bus: resubscribe failed: %s", exc)
 
-    def _watch(self, pubsub: PubSub) -> None:
+    def _watch(self, pubsub: PubSub, channel: str | None = None) -> None:
         """Hear of redis-py's own reconnects: its retry reconnects the pub/sub connection
         and resubscribes inside a read, so the reader sees no error, yet messages
-        published meanwhile were lost and the listeners must know."""
+        published meanwhile were lost and the listeners must know. On Cluster, the
+        connection to the shard of `channel`."""
         connection: Any = pubsub.connection  # typed None in redis-py until it connects
+        if isinstance(pubsub, ClusterPubSub) and channel is not None:
+            assert isinstance(self._redis, RedisCluster)
+            node = self._redis.get_node_from_key(channel)
+            shard = pubsub.node_pubsub_mapping.get(node.name) if node else None
+            connection = shard.connection if shard is not None else None
         if connection is not None:
             connection.register_connect_callback(self._connection_made)
+            self._known.add(connection)
+
+    def _note_new_connections(self, pubsub: ClusterPubSub) -> None:
+        """A shard connection this bus did not open (redis-py moved subscriptions to a
+        new master after a failover or a slot move): what was published in between
+        was lost."""
+        for shard in list(pubsub.node_pubsub_mapping.values()):
+            connection: Any = shard.connection
+            if connection is None or connection in self._known:
+                continue
+            connection.register_connect_callback(self._connection_made)
+            self._known.add(connection)
+            if not self._lock.locked():  # not one that a subscribe is opening now
+                log.info("bus: sharded subscriptions moved to %s:%s", connection.host,
+                         connection.port)
+                self._gap = True
 
     def _connection_made(self, connection: Any) -> None:
         self._gap = True
@@ -363,13 +442,13 @@ class RedisBus:
             key = key.decode()
         if not isinstance(key, str):
             return
-        if kind in ("subscribe", "psubscribe"):
+        if kind in ("subscribe", "psubscribe", "ssubscribe"):
             future = self._confirmations.pop(key, None)
             if future is not None and not future.done():
                 future.set_result(None)
             return
         sub = self._by_redis.get(key)
-        if sub is None or kind not in ("message", "pmessage"):
+        if sub is None or kind not in ("message", "pmessage", "smessage"):
             return
         event = decode_message(message["data"])
         _dispatch(sub.channel, list(sub.callbacks), event)

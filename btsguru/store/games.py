@@ -78,6 +78,7 @@ from btsguru.store.history import (
 from btsguru.store.hot import HotCache, live_list_name
 from btsguru.store.redis import RedisStores
 from btsguru.store.series import SeriesRecorder
+from btsguru.store.typed import queue_script
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +92,7 @@ CAS_ATTEMPTS = 8  # a conflict needs another writer; eight in a row means someth
 #   missing from the embedded store's interpreter), expected seq ('' = absent), game JSON, new seq,
 #   game TTL s, seq TTL s, in play, game id, start epoch, has day, had old day, day TTL s,
 #   sport, retention ms, max entries, n events, then 7 per event:
-#   event, channel, league, game, seq, data, pub/sub channel ('' = not published here)
+#   event, channel, league, game, seq, data, pub/sub targets ('' = not published here)
 _INGEST_SCRIPT = APPEND_LUA + """
 local current = redis.call('GET', KEYS[1])
 if ARGV[1] == '' then
@@ -220,7 +221,7 @@ class GameStore:
             counts["skipped"] = len(conflicts)
             log.warning("%s: %d games kept changing under us (%d attempts); next poll",
                         sport, len(conflicts), CAS_ATTEMPTS)
-        if self._bus.redis_channel(f"sports.{sport}") is None:
+        if self._bus.redis_targets(f"sports.{sport}") is None:
             for item in stored:  # a Redis bus got them from the script, in order
                 await self._bus.publish(item.to_bus_event())
         if self._series is not None and stored:
@@ -269,7 +270,7 @@ class GameStore:
                 game = replace(new, seq=base + len(changes), updated_at=now_iso)
                 data = [orjson.dumps(c.to_json()) for c in changes]
                 keys, args = self._script_call(sport, plan, game, changes, data, now)
-                await self._script(keys=keys, args=args, client=pipe)
+                await queue_script(self._script, pipe, keys=keys, args=args)
                 work.append((plan, game, changes, data))
             results = await pipe.execute() if work else []
         conflicts = []
@@ -310,7 +311,7 @@ class GameStore:
         for change, payload in zip(changes, data, strict=True):
             channel = game_channel(sport, change.league_id, change.game_id)
             args += [change.event, channel, change.league_id, change.game_id, change.seq,
-                     payload, self._bus.redis_channel(channel) or ""]
+                     payload, self._bus.redis_targets(channel) or ""]
         return keys, args
 
     async def flush(self) -> None:

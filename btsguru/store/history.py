@@ -49,13 +49,20 @@ STREAM_ID_RE = re.compile(r"^\d{1,20}-\d{1,20}\Z", re.ASCII)
 # Appends one event and publishes it; `append_event(...)` is a Lua function that the
 # scripts of `store.games` and `EventHistory.append` both include. The published message
 # is `bus.encode_message`'s format, built here because the id exists only after XADD.
+# `targets` is `Bus.redis_targets`: the command, then the channels, one a line ('' = not
+# published here); on Cluster the command is SPUBLISH and every channel carries the
+# script's `{sport}` hash tag, so the script stays in its one slot.
 APPEND_LUA = """
-local function append_event(stream, sport, event, channel, league, game, seq, data, pubsub)
+local function append_event(stream, sport, event, channel, league, game, seq, data, targets)
   local id = redis.call('XADD', stream, '*', 'event', event, 'channel', channel,
                         'sport', sport, 'league', league, 'game', game, 'seq', seq,
                         'data', data)
-  if pubsub ~= '' then
-    redis.call('PUBLISH', pubsub, id .. '\\n' .. event .. '\\n' .. channel .. '\\n' .. data)
+  if targets ~= '' then
+    local message = id .. '\\n' .. event .. '\\n' .. channel .. '\\n' .. data
+    local command = nil
+    for line in string.gmatch(targets, '[^\\n]+') do
+      if command == nil then command = line else redis.call(command, line, message) end
+    end
   end
   return id
 end
@@ -167,7 +174,7 @@ class EventHistory:
         if chan_sport != sport:
             raise ValueError(f"channel {channel!r} is not a {sport} channel")
         data_json = orjson.dumps(data)
-        target = (self._bus.redis_channel(channel) if self._bus is not None else None) or ""
+        target = (self._bus.redis_targets(channel) if self._bus is not None else None) or ""
         raw = await self._append(
             keys=[history_key(self._keys, sport)],
             args=[sport, event, channel, "" if league_id is None else league_id,

@@ -39,7 +39,7 @@ from redis.exceptions import RedisError
 from btsguru.backoff import Backoff
 from btsguru.clock import Clock
 from btsguru.lifecycle import cancel_tasks
-from btsguru.store.pubsub import listen
+from btsguru.store.pubsub import listen, publish
 from btsguru.store.redis import Keys, RedisStores
 
 log = logging.getLogger(__name__)
@@ -163,7 +163,7 @@ class HotCache:
         publish is logged: the others catch up within `HOT_TTL_S`."""
         self.drop(*names)
         try:
-            await self._redis.publish(self.channel, encode_invalidation(names, self.origin))
+            await publish(self._redis, self.channel, encode_invalidation(names, self.origin))
         except (RedisError, OSError) as exc:
             log.warning("hot-cache invalidation of %s not published (%s); other processes "
                         "catch up within %g s", ", ".join(names), exc, self._ttl_s)

@@ -10,6 +10,15 @@ they cache whenever they may have missed a message.)
 listening is unknown), sets `listening`, then hands each message to `on_message`;
 when the connection fails it clears `listening`, calls `on_reset` again, waits by the
 backoff and starts over, until cancelled. A failing callback is logged and skipped.
+
+On Redis Cluster, pub/sub is sharded (`sharded`): `publish` sends SPUBLISH, which goes
+to the master of the channel's hash slot only (classic PUBLISH is broadcast to every
+node of the cluster), and `listen` follows its channel with SSUBSCRIBE on that master;
+redis-py's `ClusterPubSub` moves the subscription when the slot moves (a failover, a
+resharding). Sharded pub/sub has no patterns: the game bus subscribes to each channel
+(`store.bus`); a `pattern` listener (the Pusher app channels, `store.pusher`) stays on
+classic PSUBSCRIBE, which Cluster broadcasts to every node. On one server and Sentinel
+nothing changes.
 """
 
 from __future__ import annotations
@@ -20,18 +29,36 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any, NoReturn
 
-import redis.asyncio as aioredis
+from redis.asyncio.client import PubSub
+from redis.asyncio.cluster import ClusterPubSub, RedisCluster
 
 from btsguru.backoff import Backoff, Failures
+from btsguru.store.redis import RedisClient
 from btsguru.store.typed import aclose_pubsub
 
 log = logging.getLogger(__name__)
 
 SUBSCRIBE_TIMEOUT_S = 5.0  # a Redis that does not confirm a subscription in 5 s is down
 CLOSE_TIMEOUT_S = 5.0  # a pub/sub cancelled mid-connect can leave its close waiting
+MESSAGE_TYPES = ("message", "pmessage", "smessage")
+# A sharded read with no timeout would not block but return at once: wake this often.
+SHARDED_READ_S = 1.0
 
 
-async def listen(redis: aioredis.Redis, *, what: str, on_message: Callable[[dict[str, Any]], None],
+def sharded(redis: RedisClient) -> bool:
+    """True when pub/sub on `redis` is sharded (Redis Cluster)."""
+    return isinstance(redis, RedisCluster)
+
+
+async def publish(redis: RedisClient, channel: str, message: bytes | str) -> int:
+    """PUBLISH, or SPUBLISH on Cluster; the number of subscribers that got it (on
+    Cluster, on the channel's shard)."""
+    if isinstance(redis, RedisCluster):
+        return int(await redis.spublish(channel, message))
+    return int(await redis.publish(channel, message))
+
+
+async def listen(redis: RedisClient, *, what: str, on_message: Callable[[dict[str, Any]], None],
                  listening: asyncio.Event, backoff: Backoff,
                  sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
                  channel: str | None = None, pattern: str | None = None,
@@ -46,19 +73,14 @@ async def listen(redis: aioredis.Redis, *, what: str, on_message: Callable[[dict
     while True:
         pubsub = redis.pubsub()
         try:
-            if pattern is not None:
-                await asyncio.wait_for(pubsub.psubscribe(pattern), SUBSCRIBE_TIMEOUT_S)
-            else:
-                assert channel is not None
-                await asyncio.wait_for(pubsub.subscribe(channel), SUBSCRIBE_TIMEOUT_S)
+            await asyncio.wait_for(_subscribe(pubsub, channel, pattern), SUBSCRIBE_TIMEOUT_S)
             if on_reset is not None:
                 on_reset()
             listening.set()
             failures.succeeded()
             while True:
-                message = await pubsub.get_message(ignore_subscribe_messages=True,
-                                                   timeout=read_timeout_s)
-                if message is None or message.get("type") not in ("message", "pmessage"):
+                message = await _read(pubsub, read_timeout_s)
+                if message is None or message.get("type") not in MESSAGE_TYPES:
                     continue
                 try:
                     on_message(message)
@@ -75,3 +97,25 @@ async def listen(redis: aioredis.Redis, *, what: str, on_message: Callable[[dict
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(aclose_pubsub(pubsub), CLOSE_TIMEOUT_S)
         await sleep(delay_s)
+
+
+async def _subscribe(pubsub: PubSub, channel: str | None, pattern: str | None) -> None:
+    if pattern is not None:
+        await pubsub.psubscribe(pattern)
+    elif isinstance(pubsub, ClusterPubSub):
+        assert channel is not None
+        await pubsub.ssubscribe(channel)
+    else:
+        assert channel is not None
+        await pubsub.subscribe(channel)
+
+
+async def _read(pubsub: PubSub, timeout_s: float | None) -> dict[str, Any] | None:
+    message: dict[str, Any] | None
+    if isinstance(pubsub, ClusterPubSub) and not pubsub.patterns:
+        # one shard: a connection failure is raised here (and the listener starts over)
+        message = await pubsub.get_sharded_message(ignore_subscribe_messages=True,
+                                                   timeout=timeout_s or SHARDED_READ_S)
+    else:
+        message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=timeout_s)
+    return message

@@ -10,12 +10,16 @@ hub like on every transport; what is Pusher's own lives here:
   every subscriber on every process. Delivery is at most once (Redis pub/sub), in
   publish order per publisher; game events never go this way (they have ids and the
   history).
-- Presence: per channel a hash user id -> socket count and a hash user id -> user info;
-  per process a ledger "channel\\nuser" -> sockets. Joins and leaves are Lua scripts, so
+- Presence: per channel, under the channel's hash tag (one Redis Cluster slot), a hash
+  user id -> socket count, a hash user id -> user info and a ledger "process\\nuser" ->
+  that process's sockets; per process a hash channel -> its sockets there (the channels
+  to reap). Joins and leaves are Lua scripts on the channel's three keys, so
   `member_added` fires exactly once, on a user's first socket anywhere, and
-  `member_removed` on the last. A process proves it is alive with a heartbeat key; any
-  process that finds one missing reaps the dead one's ledger (one script: the first
-  reaper wins) and announces the removals.
+  `member_removed` on the last. A join counts its channel in the process's hash before
+  its script runs and a leave uncounts it after, so that hash never misses a channel
+  where the process has sockets. A process proves it is alive with a heartbeat key; any
+  process that finds one missing reaps the dead one channel by channel (one script per
+  channel: the first reaper wins each) and announces the removals.
 - Channel occupancy for the HTTP API: per process a hash channel -> local subscribers,
   summed over live processes.
 - Authorization grants of `/v1/realtime/auth` (socket id + channel -> the user), the
@@ -38,13 +42,12 @@ from collections.abc import Callable
 from typing import Any
 
 import orjson
-import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from btsguru.backoff import Backoff, every
 from btsguru.lifecycle import cancel_tasks
 from btsguru.store.pubsub import listen
-from btsguru.store.redis import Keys
+from btsguru.store.redis import Keys, RedisClient
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +65,8 @@ AppCallback = Callable[[dict[str, Any]], None]
 # A connection's resume positions: (user id, Pusher channel) -> last event id written.
 PositionSource = Callable[[], dict[tuple[int, str], str]]
 
+# KEYS: the channel's counts, members and ledger. ARGV: the user, its info, the ledger
+# field ("process\nuser"), the channel's member limit.
 _JOIN = """
 local n = redis.call('HINCRBY', KEYS[1], ARGV[1], 1)
 if n == 1 then
@@ -88,23 +93,49 @@ end
 return 0
 """
 
-# KEYS[1]: the dead process's ledger; ARGV[1]: the key prefix of presence hashes.
+# KEYS: the channel's counts, members and ledger; ARGV[1]: the dead process. Returns the
+# users whose last socket was the dead process's.
 _REAP = """
 local removed = {}
-local fields = redis.call('HGETALL', KEYS[1])
+local mine = ARGV[1] .. '\\n'
+local fields = redis.call('HGETALL', KEYS[3])
 for i = 1, #fields, 2 do
-  local channel, user = string.match(fields[i], '^(.*)\\n(.*)$')
-  local counts = ARGV[1] .. channel .. ':counts'
-  local n = redis.call('HINCRBY', counts, user, -tonumber(fields[i + 1]))
-  if n <= 0 then
-    redis.call('HDEL', counts, user)
-    redis.call('HDEL', ARGV[1] .. channel .. ':members', user)
-    table.insert(removed, channel)
-    table.insert(removed, user)
+  if string.sub(fields[i], 1, #mine) == mine then
+    local user = string.sub(fields[i], #mine + 1)
+    redis.call('HDEL', KEYS[3], fields[i])
+    local n = redis.call('HINCRBY', KEYS[1], user, -tonumber(fields[i + 1]))
+    if n <= 0 then
+      redis.call('HDEL', KEYS[1], user)
+      redis.call('HDEL', KEYS[2], user)
+      table.insert(removed, user)
+    end
   end
 end
-redis.call('DEL', KEYS[1])
 return removed
+"""
+
+# KEYS: the channel's counts, members and ledger; ARGV: this process, then user and
+# socket count pairs. Sets the process's ledger entries to those counts and moves the
+# channel's counts by the difference: the same result whether or not it was reaped.
+_REASSERT = """
+for i = 2, #ARGV, 2 do
+  local user, n = ARGV[i], tonumber(ARGV[i + 1])
+  local field = ARGV[1] .. '\\n' .. user
+  local delta = n - tonumber(redis.call('HGET', KEYS[3], field) or '0')
+  if delta ~= 0 then
+    redis.call('HSET', KEYS[3], field, n)
+    redis.call('HINCRBY', KEYS[1], user, delta)
+    redis.call('HSETNX', KEYS[2], user, 'null')
+  end
+end
+return 0
+"""
+
+# KEYS[1]: a process's joined channels (channel -> its sockets there); ARGV[1]: a channel.
+_UNCOUNT = """
+local n = redis.call('HINCRBY', KEYS[1], ARGV[1], -1)
+if n <= 0 then redis.call('HDEL', KEYS[1], ARGV[1]) end
+return n
 """
 
 
@@ -115,7 +146,7 @@ def _text(value: Any) -> str:
 class PusherState:
     """This process's view of the Pusher state; see the module docstring."""
 
-    def __init__(self, redis: aioredis.Redis, keys: Keys, *,
+    def __init__(self, redis: RedisClient, keys: Keys, *,
                  process_id: str | None = None, heartbeat_ttl_s: int = HEARTBEAT_TTL_S) -> None:
         self._redis = redis
         self._keys = keys
@@ -125,11 +156,15 @@ class PusherState:
         self._join = redis.register_script(_JOIN)
         self._leave = redis.register_script(_LEAVE)
         self._reap = redis.register_script(_REAP)
+        self._reassert = redis.register_script(_REASSERT)
+        self._uncount = redis.register_script(_UNCOUNT)
         self._bus_prefix = keys.channel("app", "")
-        self._presence_prefix = keys.key("pusher", "presence", "")
         self._subscribers: dict[str, set[AppCallback]] = {}
         self.local_counts: Counter[str] = Counter()  # channel -> subscribers here
         self.local_presence: Counter[tuple[str, str]] = Counter()  # (channel, user) -> sockets
+        self._joined: Counter[str] = Counter()  # channel -> sockets counted in _joined_key
+        self._reassert_beats = 0  # heartbeats left that write this process's presence back
+        self._beating = False
         self._position_sources: set[PositionSource] = set()
         self._saved_positions: dict[tuple[int, str], str] = {}
         self._tasks: list[asyncio.Task[None]] = []
@@ -147,8 +182,8 @@ class PusherState:
     def _subs_key(self, proc: str) -> str:
         return self._keys.key("pusher", "subs", proc)
 
-    def _ledger_key(self, proc: str) -> str:
-        return self._keys.key("pusher", "ledger", proc)
+    def _joined_key(self, proc: str) -> str:
+        return self._keys.key("pusher", "joined", proc)
 
     # -- lifecycle --
 
@@ -181,7 +216,7 @@ class PusherState:
             # our members leave with us: reap our own ledger now rather than in 15 s
             await self._reap_process(self.process_id)
             async with self._redis.pipeline(transaction=False) as pipe:
-                # one key per DEL: the two may live in different Cluster slots
+                # one key per DEL: they may live in different Cluster slots
                 pipe.delete(self._proc_key(self.process_id))
                 pipe.delete(self._subs_key(self.process_id))
                 pipe.srem(self._procs_key(), self.process_id)
@@ -197,20 +232,31 @@ class PusherState:
 
     async def heartbeat(self) -> None:
         """Prove this process alive; when its key had lapsed (a Redis outage) others may
-        have reaped its members and counts: write them again."""
+        have reaped its members and counts: write them again, now and at the next
+        heartbeat (a reaper may have read the key as missing just before it came back;
+        writing presence back is idempotent)."""
         lapsed = await self._redis.set(self._proc_key(self.process_id), "1", ex=self.ttl_s,
                                        get=True) is None
         await self._redis.sadd(self._procs_key(), self.process_id)
-        if lapsed and (self.local_presence or self.local_counts):
+        if lapsed and self._beating:
+            self._reassert_beats = 2
+        self._beating = True
+        if self._reassert_beats and (self.local_presence or self.local_counts):
             log.info("pusher: heartbeat had lapsed; re-asserting %d members",
                      len(self.local_presence))
+            if self._joined:
+                await self._redis.hset(self._joined_key(self.process_id),
+                                       mapping={k: v for k, v in self._joined.items()})
+            by_channel: dict[str, list[str | int]] = {}
             for (channel, user), n in list(self.local_presence.items()):
-                for _ in range(n):
-                    await self._join(keys=self._presence_keys(channel),
-                                     args=[user, "null", f"{channel}\n{user}", 10**9])
+                by_channel.setdefault(channel, []).extend((user, n))
+            for channel, pairs in by_channel.items():
+                await self._reassert(keys=self._presence_keys(channel),
+                                     args=[self.process_id, *pairs])
             if self.local_counts:
                 await self._redis.hset(self._subs_key(self.process_id),
                                        mapping={k: v for k, v in self.local_counts.items()})
+        self._reassert_beats = max(0, self._reassert_beats - 1)
 
     async def reap(self) -> None:
         """Reap the members and counts of processes whose heartbeat is gone."""
@@ -224,13 +270,16 @@ class PusherState:
             await self._redis.srem(self._procs_key(), proc)
 
     async def _reap_process(self, proc: str) -> None:
-        removed = await self._reap(keys=[self._ledger_key(proc)],
-                                   args=[self._presence_prefix])
-        for at in range(0, len(removed), 2):
-            channel, user = _text(removed[at]), _text(removed[at + 1])
-            await self.publish(channel, {"event": "pusher_internal:member_removed",
-                                         "channel": channel,
-                                         "data": orjson.dumps({"user_id": user}).decode()})
+        """Remove `proc`'s sockets from every channel it had members in, one script per
+        channel (each in the channel's slot), and announce the users who left with it."""
+        for name in await self._redis.hkeys(self._joined_key(proc)):
+            channel = _text(name)
+            removed = await self._reap(keys=self._presence_keys(channel), args=[proc])
+            for user in removed:
+                await self.publish(channel, {
+                    "event": "pusher_internal:member_removed", "channel": channel,
+                    "data": orjson.dumps({"user_id": _text(user)}).decode()})
+        await self._redis.delete(self._joined_key(proc))
 
     # -- the app bus --
 
@@ -296,17 +345,33 @@ class PusherState:
     # -- presence --
 
     def _presence_keys(self, channel: str) -> list[str]:
-        return [self._presence_prefix + channel + ":counts",
-                self._presence_prefix + channel + ":members", self._ledger_key(self.process_id)]
+        """The channel's counts, members and ledger: one hash tag, one Cluster slot."""
+        return [self._keys.tagged("pusher:presence", channel, part)
+                for part in ("counts", "members", "ledger")]
+
+    async def _count_joined(self, channel: str, delta: int) -> None:
+        # increments commute, so a join's +1 and another socket's -1 may cross on the way
+        # to Redis: the channel leaves the hash only when its true count reaches 0
+        self._joined[channel] += delta
+        if self._joined[channel] <= 0:
+            del self._joined[channel]
+        if delta > 0:
+            await self._redis.hincrby(self._joined_key(self.process_id), channel, delta)
+        else:
+            await self._uncount(keys=[self._joined_key(self.process_id)], args=[channel])
 
     async def join(self, channel: str, user_id: str, info_json: bytes, max_members: int) -> int:
         """Add one socket of `user_id`: its socket count (1: the user is new here, announce
         it), or -1 when the channel is full."""
+        # first the channel in this process's hash, so a reaper finds what the script adds
+        await self._count_joined(channel, 1)
         n = int(await self._join(keys=self._presence_keys(channel),
-                                 args=[user_id, info_json, f"{channel}\n{user_id}",
+                                 args=[user_id, info_json, f"{self.process_id}\n{user_id}",
                                        max_members]))
         if n > 0:
             self.local_presence[(channel, user_id)] += 1
+        else:
+            await self._count_joined(channel, -1)
         return n
 
     async def leave(self, channel: str, user_id: str) -> bool:
@@ -317,11 +382,13 @@ class PusherState:
         self.local_presence[(channel, user_id)] -= 1
         if self.local_presence[(channel, user_id)] <= 0:
             del self.local_presence[(channel, user_id)]
-        return bool(await self._leave(keys=self._presence_keys(channel),
-                                      args=[user_id, f"{channel}\n{user_id}"]))
+        last = bool(await self._leave(keys=self._presence_keys(channel),
+                                      args=[user_id, f"{self.process_id}\n{user_id}"]))
+        await self._count_joined(channel, -1)  # after the script: the socket is gone
+        return last
 
     async def members(self, channel: str) -> dict[str, Any]:
-        raw = await self._redis.hgetall(self._presence_prefix + channel + ":members")
+        raw = await self._redis.hgetall(self._presence_keys(channel)[1])
         return {_text(k): orjson.loads(v) for k, v in raw.items()}
 
     # -- grants, positions, idempotency --

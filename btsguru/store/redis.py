@@ -9,6 +9,14 @@ database number, so every channel name carries the key prefix instead (`Keys.cha
 `FakeServer`, so the same code runs with no Redis server (the demo). `REDIS_SENTINELS`
 selects a Sentinel-managed master (`store.sentinel`): the same four clients, each finding
 the master through the sentinels and following it across a failover.
+
+`REDIS_CLUSTER_NODES` selects Redis Cluster (`store.cluster`): one cluster client serves
+all four fields. Cluster has no logical databases, so the families are kept apart by the
+first part of their key names under the prefix, which no two families share (data:
+`rl`, `usage`, `watch`, `series`, `console`, `alerts`; cache: `raw`; queue: `quota`,
+`poll`, `record:*`; reverb: `game`, `seq`, `live`, `day`, `ingested`, `history`,
+`standings`, `streams`, `pusher`; a new family must take a name of its own), so the
+call sites use one `Keys` on every topology. Pub/sub is sharded there (`store.pubsub.sharded`).
 """
 
 from __future__ import annotations
@@ -20,13 +28,19 @@ from typing import Any
 from urllib.parse import unquote, urlsplit
 
 import redis.asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import RedisError
 
 from btsguru.config import Config, mask_url
-from btsguru.errors import ConfigError, Unavailable
+from btsguru.errors import Unavailable
+from btsguru.store.cluster import ClusterView, open_cluster_client
 from btsguru.store.sentinel import MasterWatch, open_sentinel_clients
 
 log = logging.getLogger(__name__)
+
+# A client of one logical database: a server's (one server, Sentinel, embedded) or the
+# cluster's (Redis Cluster); both speak the commands this code base uses.
+RedisClient = aioredis.Redis | RedisCluster
 
 # A command that cannot reach Redis fails within this time rather than hanging a request;
 # the contract allows 30 s for a CLI command to report an unreachable Redis.
@@ -69,42 +83,54 @@ class Keys:
 class RedisStatus:
     """Where Redis is, for `/readyz` and the ops page: the topology, its description and,
     with Sentinel, the master the sentinels name now (None when they name none) and the
-    failovers this process has seen."""
+    failovers this process has seen; with Cluster, the masters in the slot map."""
 
     topology: str
     description: str
     master: str | None = None
     failovers: int | None = None
+    masters: tuple[str, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
         view: dict[str, Any] = {"topology": self.topology, "description": self.description}
         if self.topology == "sentinel":
             view.update(master=self.master, failovers=self.failovers)
+        elif self.topology == "cluster":
+            view.update(masters=list(self.masters))
         return view
 
 
 @dataclass(frozen=True)
 class RedisStores:
-    """The clients of one process, one per logical database."""
+    """The clients of one process, one per logical database (on Cluster, one client in
+    all four fields)."""
 
-    data: aioredis.Redis
-    cache: aioredis.Redis
-    queue: aioredis.Redis
-    reverb: aioredis.Redis
+    data: RedisClient
+    cache: RedisClient
+    queue: RedisClient
+    reverb: RedisClient
     keys: Keys
     embedded: bool
     description: str
-    topology: str = "single"  # "single", "embedded" or "sentinel"
+    topology: str = "single"  # "single", "embedded", "sentinel" or "cluster"
     master: MasterWatch | None = None  # with Sentinel: where the master is, and its moves
+    cluster: ClusterView | None = None  # with Cluster: the nodes and the masters
 
-    def all(self) -> tuple[aioredis.Redis, ...]:
+    def all(self) -> tuple[RedisClient, ...]:
         return (self.data, self.cache, self.queue, self.reverb)
 
     async def ping(self) -> None:
-        """Raise `Unavailable` unless Redis answers (with Sentinel: the master it names)."""
+        """Raise `Unavailable` unless Redis answers (with Sentinel: the master it names;
+        with Cluster: the cluster, in state ok)."""
         try:
-            await self.data.ping()
+            if self.cluster is not None:
+                await self.cluster.check()
+            else:
+                await self.data.ping()
         except (RedisError, OSError) as exc:
+            if self.cluster is not None:
+                why = await self.cluster.describe_failure(exc)
+                raise Unavailable(f"Redis {self.description}: {why}") from None
             if self.master is not None:
                 why = await self.master.describe_failure(exc)
                 raise Unavailable(f"Redis {self.description}: {why}") from None
@@ -123,7 +149,11 @@ class RedisStores:
 
     async def status(self) -> RedisStatus:
         """The topology and, with Sentinel, the current master (asked within
-        `REDIS_STATUS_TIMEOUT_S`; None when the sentinels name none by then)."""
+        `REDIS_STATUS_TIMEOUT_S`; None when the sentinels name none by then); with
+        Cluster, the masters of the client's slot map (none before a discovery worked)."""
+        if self.cluster is not None:
+            return RedisStatus(self.topology, self.description,
+                               masters=tuple(self.cluster.masters()))
         if self.master is None:
             return RedisStatus(self.topology, self.description)
         try:
@@ -134,7 +164,7 @@ class RedisStores:
         return RedisStatus(self.topology, self.description, master, self.master.failovers)
 
     async def close(self) -> None:
-        for client in self.all():
+        for client in dict.fromkeys(self.all()):  # on Cluster, one client in all four
             await client.aclose()
         if self.master is not None:
             await self.master.close()
@@ -152,16 +182,18 @@ def open_redis(config: Config) -> RedisStores:
         fakes: list[aioredis.Redis] = [fakeredis.FakeAsyncRedis(server=server, db=db)
                                        for db in dbs]
         return _stores(fakes, keys, embedded=True, description="memory://")
-    if config.redis_cluster_nodes:
-        raise ConfigError("REDIS_CLUSTER_NODES: Redis Cluster is not supported in this "
-                          "version yet; use REDIS_SENTINELS or one server (REDIS_URL)")
-
     clients: list[aioredis.Redis]
     common: dict[str, Any] = {
         "socket_connect_timeout": REDIS_CONNECT_TIMEOUT_S,
         "socket_timeout": REDIS_SOCKET_TIMEOUT_S,
         "health_check_interval": 30,
     }
+    if config.redis_cluster_nodes:
+        cluster, view, description = open_cluster_client(
+            config, max_connections=REDIS_MAX_CONNECTIONS, **common)
+        return RedisStores(data=cluster, cache=cluster, queue=cluster, reverb=cluster,
+                           keys=keys, embedded=False, description=description,
+                           topology="cluster", cluster=view)
     if config.redis_sentinels:
         clients, watch, description = open_sentinel_clients(
             config, dbs, max_connections=REDIS_MAX_CONNECTIONS, pool_wait_s=REDIS_POOL_WAIT_S,

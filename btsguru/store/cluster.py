@@ -1,0 +1,171 @@
+"""Redis Cluster: one client for the whole cluster, and what this process knows of it.
+
+Where it sits: under `store.redis.open_redis`, which calls `open_cluster_client` when
+`REDIS_CLUSTER_NODES` is set. Everything above sees the same four fields of
+`RedisStores` as on one server (data, cache, queue, reverb); on Cluster they are one
+`redis.asyncio.cluster.RedisCluster` (Cluster has no logical databases: the families
+keep apart by the first part of their key names, see `store.redis`), which routes each
+command by its key's hash slot, follows MOVED/ASK redirections and refreshes its slot
+map after a failover. Every multi-key script and MULTI stays in one slot (the hash tags
+of `Keys.tagged`), and pub/sub is sharded (`store.bus`, `store.pubsub`).
+
+Nothing is ever read from a replica (no `load_balancing_strategy`): replication is
+asynchronous, and the seq, history, quota and rate limits must read what was last written.
+
+Start-up and failures: redis-py raises `RedisClusterException`, which is not a
+`RedisError`, when no startup node answers as a cluster; `ClusterClient` turns it into
+`ClusterUnavailable` (a redis `ConnectionError`), so handlers answer JSON 503 and the CLI
+one line, as for any Redis outage. `ClusterView.describe_failure` asks each configured
+node itself, so the line says which case it is: nobody answers, the nodes are not a
+cluster, or the cluster is in `fail` state.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+from dataclasses import dataclass
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis.asyncio.cluster import ClusterNode, RedisCluster
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisClusterException, RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from btsguru.config import Config
+from btsguru.setting import format_addresses
+
+# Asking one node about itself when something failed: a node that does not answer in 2 s
+# is down for this purpose; with the usual 3-6 configured nodes the whole diagnosis stays
+# well inside the 30 s a CLI command has to report a failure (the nodes are asked at once).
+NODE_PROBE_TIMEOUT_S = 2.0
+
+
+class ClusterUnavailable(RedisConnectionError):
+    """No configured node answers as a healthy cluster (a `RedisError`, so every caller
+    that handles a Redis outage handles this one too)."""
+
+
+class ClusterClient(RedisCluster):
+    """`RedisCluster` whose discovery failures are `ClusterUnavailable`."""
+
+    async def initialize(self, *args: Any, **kwargs: Any) -> RedisCluster:
+        try:
+            return await super().initialize(*args, **kwargs)
+        except RedisClusterException as exc:
+            raise ClusterUnavailable(_one_line(exc)) from None
+
+
+@dataclass(frozen=True)
+class ClusterView:
+    """The configured nodes and the live client: the masters now and, when something
+    fails, a one-line reason."""
+
+    client: ClusterClient
+    nodes: tuple[tuple[str, int], ...]
+    password: str | None
+
+    @property
+    def addresses(self) -> str:
+        return format_addresses(self.nodes)
+
+    async def check(self) -> None:
+        """Raise unless the cluster answers and says `cluster_state:ok`."""
+        await self.client.initialize()
+        info = await self.client.cluster_info(target_nodes=RedisCluster.RANDOM)
+        state = str(info.get("cluster_state", "?"))
+        if state != "ok":
+            raise ClusterUnavailable(f"cluster state is {state}")
+
+    def masters(self) -> list[str]:
+        """`host:port` of each master in the client's slot map (sorted), [] before the
+        first successful discovery."""
+        try:
+            primaries = self.client.get_primaries()
+        except (RedisClusterException, AttributeError):
+            return []
+        return sorted(node.name for node in primaries)
+
+    async def describe_failure(self, exc: BaseException) -> str:
+        """One line saying why the cluster cannot be used, from each node's own answer."""
+        answers = await asyncio.gather(*(self._probe(h, p) for h, p in self.nodes))
+        states = [a for a in answers if a.state is not None]
+        if not states:
+            disabled = [a for a in answers if a.why == "cluster mode is not enabled"]
+            if disabled:
+                return (f"the nodes at {self.addresses} are not a Redis Cluster "
+                        f"(REDIS_CLUSTER_NODES): cluster mode is not enabled on "
+                        + ", ".join(a.address for a in disabled))
+            return (f"no node answers at {self.addresses} (REDIS_CLUSTER_NODES): "
+                    + "; ".join(f"{a.address} {a.why}" for a in answers))
+        failing = [a for a in states if a.state != "ok"]
+        if failing:
+            return ("the cluster is in fail state: " + "; ".join(
+                f"{a.address} says cluster_state:{a.state}" for a in failing))
+        return f"the cluster does not answer: {_one_line(exc)}"
+
+    async def _probe(self, host: str, port: int) -> _NodeAnswer:
+        address = format_addresses(((host, port),))
+        client = aioredis.Redis(host=host, port=port, password=self.password,
+                                socket_connect_timeout=NODE_PROBE_TIMEOUT_S,
+                                socket_timeout=NODE_PROBE_TIMEOUT_S,
+                                retry=Retry(NoBackoff(), 0))  # one answer is the answer
+        try:
+            raw = await asyncio.wait_for(client.cluster("INFO"), NODE_PROBE_TIMEOUT_S + 1)
+        except (RedisError, OSError, TimeoutError) as exc:
+            return _NodeAnswer(address, None, _reason(exc))
+        finally:
+            await client.aclose()
+        if isinstance(raw, dict):  # redis-py parses CLUSTER INFO
+            return _NodeAnswer(address, _text(raw.get("cluster_state", "?")), "")
+        text = _text(raw)
+        fields = dict(line.split(":", 1) for line in text.split() if ":" in line)
+        return _NodeAnswer(address, fields.get("cluster_state", "?"), "")
+
+    async def close(self) -> None:
+        await self.client.aclose()
+
+
+@dataclass(frozen=True)
+class _NodeAnswer:
+    address: str
+    state: str | None  # cluster_state, None when the node gave none
+    why: str  # why not, in a few words
+
+
+def open_cluster_client(config: Config, *, max_connections: int,
+                        **common: Any) -> tuple[ClusterClient, ClusterView, str]:
+    """The cluster client (no I/O yet: it discovers the cluster on first use), the view
+    for status and errors, and a description."""
+    password = config.redis_password.reveal() or None
+    client = ClusterClient(
+        startup_nodes=[ClusterNode(host, port) for host, port in config.redis_cluster_nodes],
+        password=password, max_connections=max_connections,
+        **common)  # no load_balancing_strategy: every command goes to the slot's master
+    view = ClusterView(client, config.redis_cluster_nodes, password)
+    return client, view, f"cluster via {view.addresses}"
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split())
+
+
+def _reason(exc: BaseException) -> str:
+    """A node's failure in a few words: redis-py's connect errors repeat the address."""
+    text = _one_line(exc)
+    if "cluster support disabled" in text:
+        return "cluster mode is not enabled"
+    found = re.match(r"Error (\d+) connecting", text)
+    if found:
+        return os.strerror(int(found.group(1))).lower()
+    if isinstance(exc, TimeoutError | RedisTimeoutError):
+        return f"no answer within {NODE_PROBE_TIMEOUT_S:g} s"
+    return text or type(exc).__name__
