@@ -264,7 +264,8 @@ class Alerter:
         self.cache_busting_misses = cache_busting_misses
         self.auth_failure_burst = auth_failure_burst
         self._local_firing: dict[str, Alert] = {}  # only while Redis is unreachable
-        self._failovers_seen = redis.master.failovers if redis.master is not None else 0
+        watch = redis.master or (redis.cluster.watch if redis.cluster is not None else None)
+        self._failovers_seen = watch.failovers if watch is not None else 0
         self._failover: tuple[Alert, float] | None = None  # the alert, raised until
         self._disconnects_seen = _abnormal_disconnects()
         self._task: asyncio.Task[None] | None = None
@@ -413,21 +414,29 @@ class Alerter:
 
     async def _failover_alerts(self) -> list[Alert]:
         """With Sentinel: the master moved since the last check (this process's clients
-        followed it; the sentinels are asked too, so a move no client has met yet counts)."""
-        watch = self._redis.master
+        followed it; the sentinels are asked too, so a move no client has met yet counts).
+        With Cluster: a master's slots moved to its promoted replica in the slot map of
+        this process's client (`store.cluster.SlotMasters`)."""
+        sentinel, cluster = self._redis.master, self._redis.cluster
+        if sentinel is not None:
+            with contextlib.suppress(RedisError, OSError):
+                await asyncio.wait_for(sentinel.discover(), PROBE_TIMEOUT_S)
+        watch = sentinel or (cluster.watch if cluster is not None else None)
         if watch is None:
             return []
-        with contextlib.suppress(RedisError, OSError):
-            await asyncio.wait_for(watch.discover(), PROBE_TIMEOUT_S)
+        what, how, subject = ((f"Redis master {sentinel.service}", "Sentinel failover",
+                               sentinel.service) if sentinel is not None else
+                              ("A Redis Cluster master", "Cluster failover: its replica "
+                               "promoted", self._redis.description))
         now = self._clock.time()
         if watch.failovers > self._failovers_seen and watch.last_move is not None:
             self._failovers_seen = watch.failovers
             move = watch.last_move
             self._failover = (Alert(
                 f"redis_failover:{move.new}", "redis_failover", "warning",
-                f"Redis master {watch.service} moved from {move.old} to {move.new} (Sentinel "
-                f"failover; {watch.failovers} seen by this process): writes acknowledged "
-                "just before it may be lost", watch.service), now + FAILOVER_ALERT_S)
+                f"{what} moved from {move.old} to {move.new} ({how}; {watch.failovers} seen "
+                "by this process): writes acknowledged just before it may be lost", subject),
+                now + FAILOVER_ALERT_S)
         if self._failover is not None and now < self._failover[1]:
             return [self._failover[0]]
         return []

@@ -187,7 +187,8 @@ ALERTS_RAISED = Counter(
     registry=REGISTRY)
 REDIS_FAILOVERS = Counter(
     "btsguru_redis_failovers_total",
-    "Times this process saw the Sentinel-managed Redis master move to another address.",
+    "Times this process saw a Redis master fail over: the Sentinel-managed master move "
+    "to another address, or a Cluster master's slots move to its promoted replica.",
     registry=REGISTRY)
 REDIS_MASTER_LOOKUP_FAILURES = Counter(
     "btsguru_redis_master_lookup_failures_total",

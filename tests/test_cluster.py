@@ -25,6 +25,7 @@ from btsguru.store.bus import BusEvent, RedisBus
 from btsguru.store.redis import open_redis
 from tests.cli_helpers import free_port, run_cli
 from tests.conftest import make_test_config
+from tests.pusher_helpers import PusherClient, api
 from tests.realtime_helpers import SseClient, WsClient, events, relay
 from tests.redis_cluster import REDIS_SERVER, ClusterNodes, redis_cluster
 from tests.store_fixtures import make_game
@@ -148,7 +149,8 @@ async def test_requests_get_json_503_when_no_node_answers(tmp_path):
         assert time.monotonic() - started < 10  # refused: no waiting
         assert status == 503 and ready["failed"] == ["redis"], ready
         assert ready["redis"] == {"topology": "cluster",
-                                  "description": f"cluster via {nodes}", "masters": []}
+                                  "description": f"cluster via {nodes}", "masters": [],
+                                  "failovers": 0}
         assert ready["checks"]["redis"].startswith(f"Redis cluster via {nodes}: no node "
                                                    "answers"), ready
 
@@ -177,7 +179,7 @@ async def test_rest_and_streams_work_on_the_cluster(tmp_path, cluster):
                          if role == "master")
         assert ready["redis"] == {"topology": "cluster",
                                   "description": f"cluster via {config_nodes(config)}",
-                                  "masters": masters}
+                                  "masters": masters, "failovers": 0}
         ws = await WsClient.connect(r.ws_url, r.keys["pro"])
         await ws.subscribe("sports.football")
         assert (await ws.recv())["op"] == "subscribed"
@@ -267,3 +269,58 @@ async def test_a_bus_subscribes_only_to_the_channels_its_clients_use(tmp_path, c
     finally:
         await bus.close()
         await stores.close()
+
+
+def shard_channels(nodes: ClusterNodes, prefix: str) -> list[tuple[int, str]]:
+    """(node port, channel) of every sharded subscription under `prefix` in the cluster."""
+    found = []
+    for port in nodes.ports:
+        with nodes.client(port) as c:
+            found += [(port, ch.decode()) for ch in c.execute_command("PUBSUB", "SHARDCHANNELS")
+                      if ch.decode().startswith(prefix)]
+    return found
+
+
+async def test_pusher_app_channels_are_sharded_and_subscribed_on_demand(tmp_path, cluster):
+    """A Pusher app channel on Cluster: the process of a socket that joins it SSUBSCRIBEs
+    to that one channel (in its own slot), an event published through the other
+    process's HTTP API (SPUBLISH) reaches the socket, and the subscription goes when the
+    last local socket leaves. No classic pattern subscription is left anywhere."""
+    config = make_test_config(tmp_path, **cluster_env(cluster))
+    (tmp_path / "b").mkdir()
+    other = make_test_config(tmp_path / "b", **{**cluster_env(cluster),
+                                                "REDIS_CACHE_PREFIX": config.redis_cache_prefix})
+    prefix = config.redis_cache_prefix + "bus:app:"
+    async with relay(tmp_path, config) as a, relay(tmp_path / "b", other) as b:
+        redis_channel = b.services.pusher.redis_channel("orders")
+        assert redis_channel == prefix + "{orders}"
+        owner = b.services.redis.reverb.get_node_from_key(redis_channel)
+        assert shard_channels(cluster, prefix) == []
+        client = await PusherClient.connect(b)
+        second = await PusherClient.connect(b)
+        try:
+            for c in (client, second):
+                await c.subscribe("orders")
+                await c.expect("pusher_internal:subscription_succeeded", "orders")
+            # one subscription per process and channel, on the channel's master only
+            assert shard_channels(cluster, prefix) == [(owner.port, redis_channel)]
+            for port in cluster.ports:
+                with cluster.client(port) as node:
+                    assert node.execute_command("PUBSUB", "NUMPAT") == 0
+            status, body = await api(a, "POST", f"/apps/{a.config.reverb_app_id}/events", {
+                "name": "order.shipped", "channels": ["orders"], "data": '{"id":7}'})
+            assert (status, body) == (200, {})
+            for c in (client, second):
+                assert await c.expect("order.shipped") == {
+                    "event": "order.shipped", "channel": "orders", "data": '{"id":7}'}
+            second.close()
+            await wait_until(lambda: "orders" in b.services.pusher.local_counts
+                             and b.services.pusher.local_counts["orders"] == 1,
+                             what="the second socket's leave")
+            # another socket of this process still listens: still subscribed
+            assert shard_channels(cluster, prefix) == [(owner.port, redis_channel)]
+        finally:
+            client.close()
+            second.close()
+        await wait_until(lambda: shard_channels(cluster, prefix) == [],
+                         what=lambda: f"no app channel, got {shard_channels(cluster, prefix)}")

@@ -1,7 +1,13 @@
 """A Redis Cluster failover under the bus (issue 19, item 2): the master of the slot of a
 subscribed channel is killed (SIGKILL) and its replica promoted; the same bus, not
 restarted, follows its sharded subscription to the new master, tells its listeners that
-events may have been missed (so the hub replays the history), and delivers again.
+events may have been missed (so the hub replays the history), and delivers again. The
+process counts the failover once (`btsguru_redis_failovers_total`), names the promoted
+replica among the masters (`RedisStatus`, what `/readyz` and the ops page show) and its
+alerter raises `redis_failover` with the old and new addresses (item 7).
+
+The publisher stands for another process: a cluster client of its own, outside the
+process under test (`open_redis` here would count the failover a second time).
 
 The case has a cluster of its own (`tests.redis_cluster`): a killed master leaves its
 slots without a replica for another failover."""
@@ -17,8 +23,16 @@ from collections.abc import Iterator
 import pytest
 from redis.exceptions import RedisError
 
+from btsguru.alerts import Alerter
+from btsguru.clock import SystemClock
+from btsguru.metrics import REGISTRY
+from btsguru.pollers.lease import Leases
+from btsguru.pollers.state import PollerStateReader
 from btsguru.store.bus import BusEvent, RedisBus
-from btsguru.store.redis import open_redis
+from btsguru.store.cluster import ClusterClient
+from btsguru.store.pusher import PusherState
+from btsguru.store.redis import RedisStores, open_redis
+from btsguru.upstream.quota import QuotaGovernor
 from tests.conftest import make_test_config
 from tests.redis_cluster import ClusterNodes, redis_cluster
 from tests.waiting import wait_until, wait_until_blocking
@@ -35,13 +49,24 @@ def cluster() -> Iterator[ClusterNodes]:
         yield nodes
 
 
+def failovers_counted() -> float:
+    return REGISTRY.get_sample_value("btsguru_redis_failovers_total") or 0.0
+
+
+def alerter_over(redis: RedisStores, config) -> Alerter:
+    clock = SystemClock()
+    return Alerter(config.sports, clock, redis, quota=QuotaGovernor(redis, config, clock),
+                   tasks=PollerStateReader(redis, clock), leases=Leases(redis, clock))
+
+
 async def test_the_bus_resubscribes_after_the_channels_master_is_killed(tmp_path, cluster):
     config = make_test_config(tmp_path, REDIS_URL="",
                               REDIS_CLUSTER_NODES=",".join(cluster.addresses))
     subscriber = open_redis(config)
-    publisher = open_redis(config)
+    publisher = ClusterClient(host="127.0.0.1", port=cluster.ports[0])
     bus = RedisBus(subscriber.reverb, subscriber.keys)
-    sender = RedisBus(publisher.reverb, publisher.keys)
+    sender = RedisBus(publisher, subscriber.keys)
+    alerter = alerter_over(subscriber, config)
     got: list[str] = []
     gaps: list[float] = []
     bus.on_reconnect(lambda: gaps.append(time.monotonic()))
@@ -49,6 +74,10 @@ async def test_the_bus_resubscribes_after_the_channels_master_is_killed(tmp_path
         await bus.subscribe("sports.football", lambda ch, ev: got.append(ev.id))
         await sender.publish(BusEvent.create("1-0", "game.score", "sports.football.39.1", {}))
         await wait_until(lambda: got == ["1-0"], what=lambda: f"the first event, got {got}")
+        assert [e for e in await alerter.check_once() if e.alert.name == "redis_failover"] == []
+        status = await subscriber.status()
+        assert status.failovers == 0 and len(status.masters) == 3, status
+        counted = failovers_counted()
 
         owner = subscriber.reverb.get_node_from_key(bus.redis_channel("sports.football"))
         replicas = {p for p, role in cluster.roles().items() if role == "slave"}
@@ -87,11 +116,83 @@ async def test_the_bus_resubscribes_after_the_channels_master_is_killed(tmp_path
         log.info("cluster failover: promoted after %.1f s, events again after %.1f s",
                  promoted_s, flowing_s)
         assert flowing_s < RECOVERY_LIMIT_S + promoted_s
+
+        # the process saw one failover: counted, shown and alerted with both addresses
+        old, new = f"127.0.0.1:{owner.port}", f"127.0.0.1:{new_owner.port}"
+        assert new_owner.port in replicas
+        assert failovers_counted() == counted + 1
+        status = await subscriber.status()
+        assert new in status.masters and old not in status.masters, status
+        assert status.to_json()["failovers"] == 1
+        raised: list = []
+
+        async def alerted() -> bool:
+            try:
+                raised.extend(e for e in await alerter.check_once()
+                              if e.alert.name == "redis_failover")
+            except RedisError as exc:  # the alerter's own keys may sit on the killed master
+                log.info("alerter check during the failover: %s", exc)
+            return bool(raised)
+
+        await wait_until(alerted, timeout_s=RECOVERY_LIMIT_S, interval_s=0.1,
+                         what="the redis_failover alert")
+        assert [(e.status, e.alert.id, e.alert.severity) for e in raised] == \
+            [("firing", f"redis_failover:{new}", "warning")]
+        assert f"moved from {old} to {new}" in raised[0].alert.message
+        assert failovers_counted() == counted + 1  # the checks counted nothing more
     finally:
+        await alerter.stop()
         await bus.close()
         await sender.close()
         await subscriber.close()
-        await publisher.close()
+        await publisher.aclose()
+
+
+async def test_pusher_app_channels_resubscribe_after_their_master_is_killed(tmp_path,
+                                                                            cluster):
+    """A Pusher app channel's SSUBSCRIBE follows its slot to the promoted replica: what
+    is published (SPUBLISH, from another client) after the move arrives again."""
+    config = make_test_config(tmp_path, REDIS_URL="",
+                              REDIS_CLUSTER_NODES=",".join(cluster.addresses))
+    subscriber = open_redis(config)
+    publisher = ClusterClient(host="127.0.0.1", port=cluster.ports[0])
+    state = PusherState(subscriber.reverb, subscriber.keys)
+    sender = PusherState(publisher, subscriber.keys)
+    got: list[int] = []
+    try:
+        await state.add_listener("orders", lambda m: got.append(int(m["data"])))
+        await sender.publish("orders", {"event": "e", "channel": "orders", "data": "0"})
+        await wait_until(lambda: got == [0], what=lambda: f"the first message, got {got}")
+        channel = state.redis_channel("orders")
+        owner = subscriber.reverb.get_node_from_key(channel)
+        replicas = {p for p, role in cluster.roles().items() if role == "slave"}
+        os.killpg(cluster.processes[owner.port].pid, signal.SIGKILL)
+        wait_until_blocking(lambda: any(cluster.info(p).get("cluster_state") == "ok"
+                                        and _role(cluster, p) == "master" for p in replicas),
+                            RECOVERY_LIMIT_S, what="a replica promoted")
+        sent: list[int] = []
+
+        async def delivered() -> bool:
+            n = 1 + len(sent)
+            try:
+                await sender.publish("orders", {"event": "e", "channel": "orders",
+                                                "data": str(n)})
+                sent.append(n)
+            except RedisError as exc:
+                log.info("publish during the failover: %s", exc)
+            return any(n in got for n in sent)
+
+        await wait_until(delivered, timeout_s=RECOVERY_LIMIT_S, interval_s=0.1,
+                         what=lambda: f"a message on the new master; sent {sent}, got {got}")
+        new_owner = subscriber.reverb.get_node_from_key(channel)
+        assert new_owner.port != owner.port and new_owner.port in replicas
+        with cluster.client(new_owner.port) as node:
+            assert channel.encode() in node.execute_command("PUBSUB", "SHARDCHANNELS")
+        assert got[0] == 0 and set(got[1:]) <= set(sent)
+    finally:
+        await state.close()
+        await subscriber.close()
+        await publisher.aclose()
 
 
 def _role(cluster: ClusterNodes, port: int) -> str:

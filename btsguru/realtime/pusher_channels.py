@@ -239,7 +239,7 @@ class PusherChannels:
             conn.on_app_message(name, message)
 
         conn.listeners[name] = listener
-        self.state.add_listener(name, listener)
+        await self.state.add_listener(name, listener)
         if sub.user_id is not None:
             self.state.track_positions(conn.resume_positions)
         await self.state.count(name, 1)
@@ -269,7 +269,7 @@ class PusherChannels:
     async def _detach(self, conn: PusherSocket, sub: PusherSub) -> None:
         listener = conn.listeners.pop(sub.name, None)
         if listener is not None:
-            self.state.remove_listener(sub.name, listener)
+            await self.state.remove_listener(sub.name, listener)
         if sub.user_id is not None and sub.game is not None:
             channel = parse_channel(sub.game, self.hub.sports)
             position = conn.positions.get(channel.sport)

@@ -16,9 +16,9 @@ to the master of the channel's hash slot only (classic PUBLISH is broadcast to e
 node of the cluster), and `listen` follows its channel with SSUBSCRIBE on that master;
 redis-py's `ClusterPubSub` moves the subscription when the slot moves (a failover, a
 resharding). Sharded pub/sub has no patterns: the game bus subscribes to each channel
-(`store.bus`); a `pattern` listener (the Pusher app channels, `store.pusher`) stays on
-classic PSUBSCRIBE, which Cluster broadcasts to every node. On one server and Sentinel
-nothing changes.
+(`store.bus`, and `store.sharded` for the Pusher app channels, `store.pusher`); a
+`pattern` listener is classic PSUBSCRIBE, which only one server and Sentinel use. On one
+server and Sentinel nothing changes.
 """
 
 from __future__ import annotations

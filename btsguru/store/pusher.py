@@ -9,7 +9,12 @@ hub like on every transport; what is Pusher's own lives here:
   message to its local subscribers of that name, so a publish on any process reaches
   every subscriber on every process. Delivery is at most once (Redis pub/sub), in
   publish order per publisher; game events never go this way (they have ids and the
-  history).
+  history). On Redis Cluster pub/sub is sharded and has no patterns: a message is
+  SPUBLISHed to its channel's own name, tagged with the Pusher channel
+  (`{prefix}bus:app:{<pusher channel>}`, the slot of its presence keys), and a process
+  SSUBSCRIBEs to exactly the channels its sockets use (`store.sharded`), when the first
+  local listener of a channel comes and SUNSUBSCRIBEs when the last goes; a message to a
+  channel with no listener here is not delivered here, as on one server.
 - Presence: per channel, under the channel's hash tag (one Redis Cluster slot), a hash
   user id -> socket count, a hash user id -> user info and a ledger "process\\nuser" ->
   that process's sockets; per process a hash channel -> its sockets there (the channels
@@ -42,12 +47,14 @@ from collections.abc import Callable
 from typing import Any
 
 import orjson
+from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import RedisError
 
 from btsguru.backoff import Backoff, every
 from btsguru.lifecycle import cancel_tasks
-from btsguru.store.pubsub import listen
+from btsguru.store.pubsub import listen, publish, sharded
 from btsguru.store.redis import Keys, RedisClient
+from btsguru.store.sharded import ShardedChannels
 
 log = logging.getLogger(__name__)
 
@@ -160,6 +167,10 @@ class PusherState:
         self._uncount = redis.register_script(_UNCOUNT)
         self._bus_prefix = keys.channel("app", "")
         self._subscribers: dict[str, set[AppCallback]] = {}
+        # on Cluster: the channels of this process's listeners, each SSUBSCRIBEd
+        self._shards = ShardedChannels(redis, self._dispatch, what="pusher: app bus",
+                                       backoff=Backoff(0.1, 5.0)) \
+            if isinstance(redis, RedisCluster) else None
         self.local_counts: Counter[str] = Counter()  # channel -> subscribers here
         self.local_presence: Counter[tuple[str, str]] = Counter()  # (channel, user) -> sockets
         self._joined: Counter[str] = Counter()  # channel -> sockets counted in _joined_key
@@ -189,11 +200,15 @@ class PusherState:
 
     def start(self) -> None:
         if not self._tasks:
-            self._tasks = [asyncio.create_task(self._listen(), name="btsguru-pusher-bus"),
-                           asyncio.create_task(self._heartbeat_forever(),
+            self._tasks = [asyncio.create_task(self._heartbeat_forever(),
                                                name="btsguru-pusher-heartbeat"),
                            asyncio.create_task(self._save_positions_forever(),
                                                name="btsguru-pusher-positions")]
+            if self._shards is None:
+                self._tasks.append(asyncio.create_task(self._listen(),
+                                                       name="btsguru-pusher-bus"))
+            else:
+                self.listening.set()  # each channel is subscribed when a listener comes
 
     def spawn(self, coro: Any, name: str) -> None:
         """Run a connection's cleanup after its socket is gone, holding the task."""
@@ -212,6 +227,8 @@ class PusherState:
             await asyncio.wait(list(self._cleanups), timeout=5.0)
         tasks, self._tasks = self._tasks, []
         await cancel_tasks(tasks, owner="pusher")
+        if self._shards is not None:
+            await self._shards.close()
         with contextlib.suppress(RedisError, OSError):
             # our members leave with us: reap our own ledger now rather than in 15 s
             await self._reap_process(self.process_id)
@@ -283,21 +300,50 @@ class PusherState:
 
     # -- the app bus --
 
+    def redis_channel(self, channel: str) -> str:
+        """The Redis channel of Pusher `channel`: on Cluster tagged with the channel
+        (Pusher names have no braces), elsewhere under the family's pattern."""
+        if self._shards is not None and "{" not in channel and "}" not in channel:
+            return self._bus_prefix + "{" + channel + "}"
+        return self._bus_prefix + channel
+
+    def _pusher_channel(self, redis_channel: str) -> str:
+        name = redis_channel[len(self._bus_prefix):]
+        if self._shards is not None and name.startswith("{") and name.endswith("}"):
+            return name[1:-1]
+        return name
+
     async def publish(self, channel: str, message: dict[str, Any]) -> None:
-        await self._redis.publish(self._bus_prefix + channel, orjson.dumps(message))
+        """PUBLISH, or SPUBLISH on Cluster (see the module docstring)."""
+        if sharded(self._redis):
+            await publish(self._redis, self.redis_channel(channel), orjson.dumps(message))
+        else:  # one server and Sentinel: as before
+            await self._redis.publish(self._bus_prefix + channel, orjson.dumps(message))
 
-    def add_listener(self, channel: str, callback: AppCallback) -> None:
-        self._subscribers.setdefault(channel, set()).add(callback)
+    async def add_listener(self, channel: str, callback: AppCallback) -> None:
+        """Hand `callback` the messages of `channel`; on Cluster, returns once this
+        process is subscribed to it (a RedisError when it cannot be)."""
+        callbacks = self._subscribers.setdefault(channel, set())
+        callbacks.add(callback)
+        if self._shards is None:
+            return
+        try:
+            await self._shards.subscribe(self.redis_channel(channel))
+        except BaseException:
+            await self.remove_listener(channel, callback)
+            raise
 
-    def remove_listener(self, channel: str, callback: AppCallback) -> None:
+    async def remove_listener(self, channel: str, callback: AppCallback) -> None:
         callbacks = self._subscribers.get(channel)
         if callbacks is not None:
             callbacks.discard(callback)
             if not callbacks:
                 del self._subscribers[channel]
+        if self._shards is not None and channel not in self._subscribers:
+            await self._shards.unsubscribe(self.redis_channel(channel))
 
     def _dispatch(self, redis_channel: str, data: bytes) -> None:
-        channel = redis_channel[len(self._bus_prefix):]
+        channel = self._pusher_channel(redis_channel)
         callbacks = self._subscribers.get(channel)
         if not callbacks:
             return

@@ -83,7 +83,8 @@ class Keys:
 class RedisStatus:
     """Where Redis is, for `/readyz` and the ops page: the topology, its description and,
     with Sentinel, the master the sentinels name now (None when they name none) and the
-    failovers this process has seen; with Cluster, the masters in the slot map."""
+    failovers this process has seen; with Cluster, the masters in the slot map and the
+    failovers (a replica promoted) this process has seen."""
 
     topology: str
     description: str
@@ -96,7 +97,7 @@ class RedisStatus:
         if self.topology == "sentinel":
             view.update(master=self.master, failovers=self.failovers)
         elif self.topology == "cluster":
-            view.update(masters=list(self.masters))
+            view.update(masters=list(self.masters), failovers=self.failovers)
         return view
 
 
@@ -150,9 +151,11 @@ class RedisStores:
     async def status(self) -> RedisStatus:
         """The topology and, with Sentinel, the current master (asked within
         `REDIS_STATUS_TIMEOUT_S`; None when the sentinels name none by then); with
-        Cluster, the masters of the client's slot map (none before a discovery worked)."""
+        Cluster, the masters of the client's slot map (none before a discovery worked)
+        and the failovers seen."""
         if self.cluster is not None:
             return RedisStatus(self.topology, self.description,
+                               failovers=self.cluster.watch.failovers,
                                masters=tuple(self.cluster.masters()))
         if self.master is None:
             return RedisStatus(self.topology, self.description)
