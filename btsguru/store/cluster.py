@@ -35,8 +35,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
-import re
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -53,11 +51,11 @@ from redis.event import (
 )
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisClusterException, RedisError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from btsguru import metrics
 from btsguru.config import Config
 from btsguru.setting import format_addresses
+from btsguru.store.nodes import as_text, node_failure, one_line
 from btsguru.store.sentinel import MasterMove
 
 log = logging.getLogger(__name__)
@@ -80,7 +78,7 @@ class ClusterClient(RedisCluster):
         try:
             return await super().initialize(*args, **kwargs)
         except RedisClusterException as exc:
-            raise ClusterUnavailable(_one_line(exc)) from None
+            raise ClusterUnavailable(one_line(exc)) from None
 
 
 class SlotMasters:
@@ -189,7 +187,7 @@ class ClusterView:
         if failing:
             return ("the cluster is in fail state: " + "; ".join(
                 f"{a.address} says cluster_state:{a.state}" for a in failing))
-        return f"the cluster does not answer: {_one_line(exc)}"
+        return f"the cluster does not answer: {one_line(exc)}"
 
     async def _probe(self, host: str, port: int) -> _NodeAnswer:
         address = format_addresses(((host, port),))
@@ -204,8 +202,8 @@ class ClusterView:
         finally:
             await client.aclose()
         if isinstance(raw, dict):  # redis-py parses CLUSTER INFO
-            return _NodeAnswer(address, _text(raw.get("cluster_state", "?")), "")
-        text = _text(raw)
+            return _NodeAnswer(address, as_text(raw.get("cluster_state", "?")), "")
+        text = as_text(raw)
         fields = dict(line.split(":", 1) for line in text.split() if ":" in line)
         return _NodeAnswer(address, fields.get("cluster_state", "?"), "")
 
@@ -236,22 +234,7 @@ def open_cluster_client(config: Config, *, max_connections: int,
     return client, view, f"cluster via {view.addresses}"
 
 
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
-
-
-def _one_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split())
-
-
 def _reason(exc: BaseException) -> str:
-    """A node's failure in a few words: redis-py's connect errors repeat the address."""
-    text = _one_line(exc)
-    if "cluster support disabled" in text:
+    if "cluster support disabled" in one_line(exc):
         return "cluster mode is not enabled"
-    found = re.match(r"Error (\d+) connecting", text)
-    if found:
-        return os.strerror(int(found.group(1))).lower()
-    if isinstance(exc, TimeoutError | RedisTimeoutError):
-        return f"no answer within {NODE_PROBE_TIMEOUT_S:g} s"
-    return text or type(exc).__name__
+    return node_failure(exc, NODE_PROBE_TIMEOUT_S)

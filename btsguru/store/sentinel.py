@@ -33,8 +33,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
-import re
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -42,13 +40,13 @@ from typing import Any
 import redis.asyncio as aioredis
 from redis.asyncio.sentinel import MasterNotFoundError, Sentinel, SentinelConnectionPool
 from redis.exceptions import RedisError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from btsguru import metrics
 from btsguru.backoff import Backoff
 from btsguru.config import Config
 from btsguru.lifecycle import cancel_tasks
 from btsguru.setting import format_addresses
+from btsguru.store.nodes import as_text, node_failure, one_line
 from btsguru.store.typed import aclose_pubsub
 
 log = logging.getLogger(__name__)
@@ -148,7 +146,7 @@ class MasterWatch:
                     if message is None or message.get("type") != "message":
                         continue
                     # "<name> <old ip> <old port> <new ip> <new port>"
-                    fields = _text(message["data"]).split()
+                    fields = as_text(message["data"]).split()
                     if len(fields) == 5 and fields[0] == self.service:
                         await self.moved(fields[3], int(fields[4]))
             except asyncio.CancelledError:
@@ -177,7 +175,7 @@ class MasterWatch:
         CLI: the sentinels' own answers tell an unknown name from a master that is down."""
         if not isinstance(exc, MasterNotFoundError):
             where = f" at {self.address}" if self.address else ""
-            return f"the master{where} does not answer: {_one_line(exc)}"
+            return f"the master{where} does not answer: {one_line(exc)}"
         known: set[str] = set()
         states: list[str] = []
         errors: list[str] = []
@@ -188,7 +186,7 @@ class MasterWatch:
                 answer = await asyncio.wait_for(client.sentinel_masters(),
                                                 SENTINEL_SOCKET_TIMEOUT_S)
             except (RedisError, OSError, TimeoutError) as err:
-                errors.append(f"{name} {_reason(err)}")
+                errors.append(f"{name} {node_failure(err, SENTINEL_SOCKET_TIMEOUT_S)}")
                 continue
             masters: dict[str, Any] = answer if isinstance(answer, dict) else {}
             known.update(str(m) for m in masters)
@@ -269,24 +267,5 @@ def _pool_class(watch: MasterWatch) -> Any:
 
 
 def _address(host: Any, port: Any) -> str:
-    host = host.decode() if isinstance(host, bytes) else str(host)
+    host = as_text(host)
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
-
-
-def _one_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split())
-
-
-def _reason(exc: BaseException) -> str:
-    """A sentinel's failure in a few words: redis-py's connect errors repeat the address."""
-    text = _one_line(exc)
-    found = re.match(r"Error (\d+) connecting", text)
-    if found:
-        return os.strerror(int(found.group(1))).lower()
-    if isinstance(exc, TimeoutError | RedisTimeoutError):
-        return f"no answer within {SENTINEL_SOCKET_TIMEOUT_S:g} s"
-    return text or type(exc).__name__
