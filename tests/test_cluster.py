@@ -7,7 +7,6 @@ A failover under the bus is `test_cluster_failover.py`."""
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import signal
 import subprocess
@@ -18,7 +17,6 @@ from pathlib import Path
 
 import pytest
 from redis.crc import key_slot
-from tornado.httpclient import AsyncHTTPClient
 
 from btsguru.sports.base import Phase
 from btsguru.store.bus import BusEvent, RedisBus
@@ -26,10 +24,11 @@ from btsguru.store.redis import open_redis
 from tests.cli_helpers import free_port, run_cli
 from tests.conftest import make_test_config
 from tests.pusher_helpers import PusherClient, api
-from tests.realtime_helpers import SseClient, WsClient, events, relay
+from tests.realtime_helpers import WsClient, events, relay
 from tests.redis_cluster import REDIS_SERVER, ClusterNodes, redis_cluster
 from tests.store_fixtures import make_game
 from tests.test_cli import assert_one_line_error
+from tests.topology_checks import events_on_every_transport, fetch_json
 from tests.waiting import wait_until, wait_until_blocking
 
 STARTUP_LIMIT_S = 30.0  # the contract's bound for a command to report an unreachable Redis
@@ -48,13 +47,6 @@ def cluster_env(nodes: ClusterNodes) -> dict[str, str]:
 def serve_env(tmp_path: Path, **extra: str) -> dict[str, str]:
     return {"RAPIDAPI_KEY": "k", "SECRET_KEY": "s" * 32, "REDIS_URL": "",
             "DATABASE_URL": f"sqlite:///{tmp_path / 'x.db'}", **extra}
-
-
-async def fetch_json(url: str, **headers: str) -> tuple[int, dict]:
-    response = await AsyncHTTPClient().fetch(url, headers=headers, raise_error=False,
-                                             request_timeout=30)
-    assert response.headers["Content-Type"].startswith("application/json"), response.body
-    return response.code, json.loads(response.body)
 
 
 @contextlib.contextmanager
@@ -165,11 +157,6 @@ def keys_on(nodes: ClusterNodes, prefix: str) -> list[bytes]:
     return found
 
 
-def live(home: int) -> list:
-    return [make_game(1001, phase=Phase.LIVE, code="1H", home=home, away=0,
-                      clock=str(10 + home), period=1)]
-
-
 async def test_rest_and_streams_work_on_the_cluster(tmp_path, cluster):
     config = make_test_config(tmp_path, **cluster_env(cluster))
     async with relay(tmp_path, config) as r:
@@ -180,32 +167,8 @@ async def test_rest_and_streams_work_on_the_cluster(tmp_path, cluster):
         assert ready["redis"] == {"topology": "cluster",
                                   "description": f"cluster via {config_nodes(config)}",
                                   "masters": masters, "failovers": 0}
-        ws = await WsClient.connect(r.ws_url, r.keys["pro"])
-        await ws.subscribe("sports.football")
-        assert (await ws.recv())["op"] == "subscribed"
-        sse = await SseClient.connect(r.http_url, r.keys["pro"], "sports.football.39")
-        try:
-            await r.services.games.ingest("football", [make_game(1001)])
-            published = (await r.services.games.ingest("football", live(1))).events
-            published += (await r.services.games.ingest("football", live(2))).events
-            assert published >= 2
-
-            def last(e: dict) -> bool:
-                return e.get("data", {}).get("seq") == published
-
-            got = events(await ws.recv_until(last))
-            assert [e["data"]["seq"] for e in got] == list(range(1, published + 1))
-            assert got[0]["event"] == "game.started"
-            assert {e["channel"] for e in got} == {"sports.football"}
-            streamed = await sse.events_until(last)
-            assert [(e["event"], e["data"]["seq"], e["data"]["changes"]) for e in streamed] \
-                == [(e["event"], e["data"]["seq"], e["data"]["changes"]) for e in got]
-            status, game = await fetch_json(f"{r.http_url}/v1/football/games/1001",
-                                            **{"X-API-Key": r.keys["pro"]})
-            assert status == 200 and game["data"]["home"]["score"] == 2, game
-        finally:
-            ws.close()
-            await sse.close()
+        got = await events_on_every_transport(r, goals=2)
+        assert {e["channel"] for e in got} == {"sports.football"}
         # the game, its seq and history are on the cluster, in the sport's slot
         prefix = config.redis_cache_prefix
         stored = {k.decode() for k in keys_on(cluster, prefix)}

@@ -6,24 +6,21 @@ as one line at start-up and a JSON 503 while running. The failovers are
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Iterator
 
 import pytest
 import redis
-from tornado.httpclient import AsyncHTTPClient
 
 from btsguru.config import load_config
 from btsguru.errors import ConfigError
-from btsguru.sports.base import Phase
 from btsguru.store.redis import open_redis
 from tests.cli_helpers import free_port, run_cli
 from tests.conftest import make_test_config
-from tests.realtime_helpers import SseClient, WsClient, events, relay
+from tests.realtime_helpers import relay
 from tests.redis_topologies import SentinelSet, client, sentinel_set
-from tests.store_fixtures import make_game
 from tests.test_cli import assert_one_line_error
+from tests.topology_checks import events_on_every_transport, fetch_json
 
 STARTUP_LIMIT_S = 30.0  # the contract's bound for a command to report an unreachable Redis
 
@@ -41,13 +38,6 @@ def serve_env(tmp_path, **extra: str) -> dict[str, str]:
 
 def closed_ports(n: int) -> str:
     return ",".join(f"127.0.0.1:{free_port()}" for _ in range(n))
-
-
-async def fetch_json(url: str, **headers: str) -> tuple[int, dict]:
-    response = await AsyncHTTPClient().fetch(url, headers=headers, raise_error=False,
-                                             request_timeout=30)
-    assert response.headers["Content-Type"].startswith("application/json"), response.body
-    return response.code, json.loads(response.body)
 
 
 # -- configuration --
@@ -167,32 +157,7 @@ async def test_rest_and_streams_work_on_the_sentinel_master(tmp_path, sentinels)
         assert ready["redis"] == {"topology": "sentinel",
                                   "description": f"sentinel mymaster via {sentinels.sentinels}",
                                   "master": f"127.0.0.1:{master}", "failovers": 0}
-        ws = await WsClient.connect(r.ws_url, r.keys["pro"])
-        await ws.subscribe("sports.football")
-        assert (await ws.recv())["op"] == "subscribed"
-        sse = await SseClient.connect(r.http_url, r.keys["pro"], "sports.football.39")
-        try:
-            await r.services.games.ingest("football", [make_game(1001)])
-            live = make_game(1001, phase=Phase.LIVE, code="1H", home=1, away=0, clock="12",
-                             period=1)
-            published = (await r.services.games.ingest("football", [live])).events
-            assert published >= 1
-
-            def last(e: dict) -> bool:
-                return e.get("data", {}).get("seq") == published
-
-            got = events(await ws.recv_until(last))
-            assert [e["data"]["seq"] for e in got] == list(range(1, published + 1))
-            assert got[0]["event"] == "game.started"
-            streamed = await sse.events_until(last)
-            assert [(e["event"], e["data"]["seq"], e["data"]["changes"]) for e in streamed] \
-                == [(e["event"], e["data"]["seq"], e["data"]["changes"]) for e in got]
-            status, game = await fetch_json(f"{r.http_url}/v1/football/games/1001",
-                                            **{"X-API-Key": r.keys["pro"]})
-            assert status == 200 and game["data"]["home"]["score"] == 1, game
-        finally:
-            ws.close()
-            await sse.close()
+        await events_on_every_transport(r, goals=1)
         # the data is on the Sentinel-managed master, in the configured databases, and
         # nothing of it reached the shared test Redis on 6379
         prefix = config.redis_cache_prefix
