@@ -58,6 +58,7 @@ from redis.exceptions import RedisError
 from btsguru.backoff import Backoff, Failures
 from btsguru.lifecycle import cancel_tasks
 from btsguru.store.redis import Keys, RedisClient
+from btsguru.store.sharded import ssubscribe_again
 from btsguru.store.typed import aclose_pubsub
 
 log = logging.getLogger(__name__)
@@ -375,14 +376,9 @@ class RedisBus:
             try:
                 if isinstance(self._pubsub, ClusterPubSub):
                     assert isinstance(self._redis, RedisCluster)
-                    # the slot map first: the read failed because a master went away,
-                    # and the map still names it until something refreshes it
-                    await asyncio.wait_for(self._redis.nodes_manager.initialize(),
-                                           SUBSCRIBE_TIMEOUT_S)
-                    for name in exact:  # one SSUBSCRIBE per channel: each to its shard
-                        await asyncio.wait_for(self._pubsub.ssubscribe(name),
-                                               SUBSCRIBE_TIMEOUT_S)
-                        self._watch(self._pubsub, name)
+                    pubsub = self._pubsub
+                    await ssubscribe_again(self._redis, pubsub, exact,
+                                           lambda name: self._watch(pubsub, name))
                     return
                 if exact:
                     await self._pubsub.subscribe(*exact)

@@ -21,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 from redis.asyncio.cluster import ClusterPubSub, RedisCluster
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -43,6 +43,20 @@ ShardedCallback = Callable[[str, bytes], None]
 
 def _text(value: object) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
+
+
+async def ssubscribe_again(redis: RedisCluster, pubsub: ClusterPubSub, channels: Iterable[str],
+                           on_subscribed: Callable[[str], None] | None = None) -> None:
+    """Subscribe `channels` on a fresh `pubsub` after a failed read: the slot map first
+    (the read failed because a master went away, and the map still names it until
+    something refreshes it), then one SSUBSCRIBE per channel, each to its shard's master,
+    calling `on_subscribed(channel)` after each. Raises what Redis raises, or
+    TimeoutError past `SUBSCRIBE_TIMEOUT_S` for one step."""
+    await asyncio.wait_for(redis.nodes_manager.initialize(), SUBSCRIBE_TIMEOUT_S)
+    for channel in channels:
+        await asyncio.wait_for(pubsub.ssubscribe(channel), SUBSCRIBE_TIMEOUT_S)
+        if on_subscribed is not None:
+            on_subscribed(channel)
 
 
 class ShardedChannels:
@@ -165,11 +179,7 @@ class ShardedChannels:
                 with contextlib.suppress(RedisError, OSError):
                     await aclose_pubsub(old)
             try:
-                await asyncio.wait_for(self._redis.nodes_manager.initialize(),
-                                       SUBSCRIBE_TIMEOUT_S)
-                for channel in sorted(self._channels):  # one SSUBSCRIBE each: its shard
-                    await asyncio.wait_for(self._pubsub.ssubscribe(channel),
-                                           SUBSCRIBE_TIMEOUT_S)
+                await ssubscribe_again(self._redis, self._pubsub, sorted(self._channels))
                 if self._channels:
                     log.info("%s: %d channels subscribed again", self._what,
                              len(self._channels))
