@@ -190,6 +190,13 @@ REDIS_FAILOVERS = Counter(
     "Times this process saw a Redis master fail over: the Sentinel-managed master move "
     "to another address, or a Cluster master's slots move to its promoted replica.",
     registry=REGISTRY)
+REDIS_ROLLBACKS = Counter(
+    "btsguru_redis_rollbacks_total",
+    "Times Redis was found behind what this process had written before (a failover lost "
+    "acknowledged writes): `game` when a game's seq went back (its subscribers get "
+    "game.snapshot), `quota` when an upstream budget counter did (restored from this "
+    "process's own tokens, and a conservative budget for one window).", ["what"],
+    registry=REGISTRY)
 REDIS_MASTER_LOOKUP_FAILURES = Counter(
     "btsguru_redis_master_lookup_failures_total",
     "Sentinel lookups of the master that found none (sentinels unreachable, unknown master "

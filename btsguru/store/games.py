@@ -37,6 +37,17 @@ only difference is the clock is stored the same way with no event; one with no
 difference at all (server_time aside) is not written. All games of one call share two
 round trips (a pipelined read, then a pipeline of scripts).
 
+Rollbacks: Redis replication is asynchronous, so a failover (Sentinel, Cluster) can
+promote a replica that missed the last writes, and a game's stored seq goes back below
+numbers clients were already sent. Numbering on from there would give new changes old
+numbers (a client drops them as repeats) and diff against a state clients have moved
+past (a goal told twice). So the store keeps each game's high-water seq where a rollback
+shows: in this process (every seq it wrote) and in the database (every game it persisted,
+read once per game when this process first writes it). A stored seq below the high-water
+mark is a rollback: instead of a diff, the game's current state goes out as one
+`game.snapshot` event numbered after the high-water mark, so seq never goes back, and
+every subscriber (live, or replaying the history) starts again from the whole game.
+
 Persistence: every game seen (first sighting or any change; not mere clock ticks) is
 upserted into `GameRecord` through the runner's single writer, batched per ingest call;
 rows that fail to write stay pending and go with the next call, so a database outage
@@ -54,6 +65,7 @@ from typing import Any
 
 import orjson
 
+from btsguru import metrics
 from btsguru.clock import Clock
 from btsguru.db.runner import DatabaseRunner
 from btsguru.diff import diff_games
@@ -85,6 +97,10 @@ log = logging.getLogger(__name__)
 GAME_TTL_S = 3 * 86400  # finished games stay in Redis 3 days, then the database answers
 SEQ_TTL_S = 30 * 86400  # a postponed game that returns within a month keeps its numbering
 INGEST_MARK_TTL_S = 86400
+# Games whose high-water seq a process keeps in memory (about 40 bytes each); past this,
+# the least recently written half is forgotten and the database answers for them again.
+HIGH_WATER_GAMES = 200_000
+SNAPSHOT_EVENT = "game.snapshot"
 CAS_ATTEMPTS = 8  # a conflict needs another writer; eight in a row means something is off
 
 # KEYS: game, seq, live set, new day zset, old day zset, history stream
@@ -179,6 +195,9 @@ class GameStore:
         self._bus = bus
         self._script = self._redis.register_script(_INGEST_SCRIPT)
         self._pending: dict[tuple[str, int], Game] = {}
+        # game -> the highest seq written or persisted (see "Rollbacks"); insertion
+        # order is recency of writing
+        self._high: dict[tuple[str, int], int] = {}
 
     # -- keys --
 
@@ -244,12 +263,18 @@ class GameStore:
         plans = [_Plan(new=game, old=None if raw[2 * i] is None else _decode(raw[2 * i]),
                        old_raw=raw[2 * i], seq_raw=raw[2 * i + 1])
                  for i, game in enumerate(games)]
-        missing = [p.new.id for p in plans if p.old_raw is None]
-        if missing:
-            known = await self._runner.read(games_by_id, sport, missing)
+        # the database answers for games Redis lost, and gives the high-water seq of
+        # games this process has not written yet
+        ask = [p.new.id for p in plans
+               if p.old_raw is None or (sport, p.new.id) not in self._high]
+        if ask:
+            known = await self._runner.read(games_by_id, sport, ask)
             for plan in plans:
-                if plan.old_raw is None and plan.new.id in known:
-                    plan.old, plan.from_db = known[plan.new.id], True
+                stored = known.get(plan.new.id)
+                if (sport, plan.new.id) not in self._high:
+                    self._remember(sport, plan.new.id, stored.seq if stored else 0)
+                if stored is not None and plan.old_raw is None:
+                    plan.old, plan.from_db = stored, True
         return plans
 
     async def _write(self, sport: str, plans: Sequence[_Plan], stored: list[StoredChange],
@@ -262,13 +287,25 @@ class GameStore:
         async with self._redis.pipeline(transaction=False) as pipe:
             for plan in plans:
                 old, new = plan.old, plan.new
-                if old is not None and not plan.from_db and _same_observation(old, new):
-                    continue
-                changes = diff_games(old, new)
                 base = max(int(plan.seq_raw) if plan.seq_raw else 0, old.seq if old else 0)
-                changes = [replace(c, seq=base + i) for i, c in enumerate(changes, start=1)]
-                game = replace(new, seq=base + len(changes), updated_at=now_iso)
-                data = [orjson.dumps(c.to_json()) for c in changes]
+                high = self._high.get((sport, new.id), 0)
+                if high > base:  # Redis went back (see "Rollbacks")
+                    game = replace(new, seq=high + 1, updated_at=now_iso)
+                    changes = [Change(SNAPSHOT_EVENT, sport, game.league.id, game.id,
+                                      seq=game.seq)]
+                    data = [orjson.dumps(game_to_json(game))]
+                    log.warning("%s game %d: Redis holds seq %d but %d was written before "
+                                "(a failover lost writes); sending game.snapshot as %d",
+                                sport, new.id, base, high, game.seq)
+                    metrics.REDIS_ROLLBACKS.labels("game").inc()
+                else:
+                    if old is not None and not plan.from_db and _same_observation(old, new):
+                        continue
+                    changes = diff_games(old, new)
+                    changes = [replace(c, seq=base + i)
+                               for i, c in enumerate(changes, start=1)]
+                    game = replace(new, seq=base + len(changes), updated_at=now_iso)
+                    data = [orjson.dumps(c.to_json()) for c in changes]
                 keys, args = self._script_call(sport, plan, game, changes, data, now)
                 await queue_script(self._script, pipe, keys=keys, args=args)
                 work.append((plan, game, changes, data))
@@ -287,7 +324,16 @@ class GameStore:
                 counts["updated"] += 1
             if plan.old is None or plan.from_db or changes:
                 self._pending[(sport, game.id)] = game
+            self._remember(sport, game.id, game.seq)
         return conflicts
+
+    def _remember(self, sport: str, game_id: int, seq: int) -> None:
+        key = (sport, game_id)
+        self._high.pop(key, None)
+        self._high[key] = seq
+        if len(self._high) > HIGH_WATER_GAMES:
+            for stale in list(self._high)[:HIGH_WATER_GAMES // 2]:
+                del self._high[stale]
 
     def _script_call(self, sport: str, plan: _Plan, game: Game, changes: list[Change],
                      data: list[bytes], now: float) -> tuple[list[str], list[Any]]:

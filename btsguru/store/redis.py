@@ -120,6 +120,16 @@ class RedisStores:
     def all(self) -> tuple[RedisClient, ...]:
         return (self.data, self.cache, self.queue, self.reverb)
 
+    def failovers_seen(self) -> int:
+        """The failovers this process has seen (0 on one server): what was written just
+        before each may have been lost, so counters kept in Redis check themselves when
+        this number moves (`upstream.quota`)."""
+        if self.master is not None:
+            return self.master.failovers
+        if self.cluster is not None:
+            return self.cluster.watch.failovers
+        return 0
+
     async def ping(self) -> None:
         """Raise `Unavailable` unless Redis answers (with Sentinel: the master it names;
         with Cluster: the cluster, in state ok)."""

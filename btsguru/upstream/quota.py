@@ -23,6 +23,18 @@ day, nor the last `minute_reserve_fraction` of the window: those are kept for th
 so that a flood of misses cannot starve live data. Users never wait for a token; pollers
 may (`wait_acquire`), sleeping on the injected clock.
 
+Failovers (Sentinel, Cluster): replication is asynchronous, so a promoted replica may
+have missed the last tokens, and a budget that went back would let the relay over the
+upstream's quota. Each process keeps where a rollback shows: its own count of tokens
+for the day (a field of its own in the day hash) and its tokens of the last window (each
+a unique member of the window log). A take first checks that Redis still holds them; if
+not, or when this process saw a failover, it puts its own tokens back (`restore`, one
+script, idempotent), re-applies what the upstream last reported and any wall it hit, and
+marks the sport's budget as failing over: every process's takes wait `SETTLE_S` (time
+for the others to put theirs back too), and for one window the minute budget keeps
+`CAREFUL_SHARE` of itself unused. What cannot come back is a token of a process that
+died with the master; the upstream's own headers stay the floor for those.
+
 Time is the injected clock's (the hosts of a cluster keep NTP time), not Redis' `TIME`,
 so the windows are testable with a `FakeClock`. Every script's keys carry the sport as a
 Redis Cluster hash tag, `{football}`, so they share a slot.
@@ -30,16 +42,21 @@ Redis Cluster hash tag, `{football}`, so they share a slot.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
+import secrets
 import time
+from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from btsguru import metrics
 from btsguru.clock import Clock
 from btsguru.config import Config
 from btsguru.store.redis import RedisStores
+from btsguru.upstream.quota_scripts import NOTE_SCRIPT, RESTORE_SCRIPT, TAKE_SCRIPT
 
 log = logging.getLogger(__name__)
 
@@ -61,118 +78,11 @@ UPSTREAM_REPORT_TTL_S = 2 * DAY_S
 WARN_LEVELS: tuple[tuple[float, QuotaLevel], ...] = ((0.95, "warn95"), (0.80, "warn80"))
 # A poller waiting for a token never sleeps less than this between tries (no busy loop).
 MIN_WAIT_STEP_S = 0.01
-
-_TAKE_SCRIPT = """
--- KEYS: 1 day hash, 2 window zset, 3 sequence, 4 minute cap hash, 5 minute block,
---       6 upstream report hash
--- ARGV: 1 now_ms, 2 day_limit, 3 minute_limit, 4 user (0/1), 5 day reserve fraction,
---       6 minute reserve fraction, 7 window_ms, 8 day key ttl s
-local now = tonumber(ARGV[1])
-local day_limit = tonumber(ARGV[2])
-local minute_limit = tonumber(ARGV[3])
-local user = ARGV[4] == '1'
-local window = tonumber(ARGV[7])
-
-local up = redis.call('HMGET', KEYS[6], 'day_limit', 'minute_limit')
-if up[1] then day_limit = math.min(day_limit, tonumber(up[1])) end
-if up[2] then minute_limit = math.min(minute_limit, tonumber(up[2])) end
-
-local day = redis.call('HMGET', KEYS[1], 'used', 'spent', 'cap')
-local used = tonumber(day[1]) or 0
-local day_left = day_limit - used
-if day[3] then day_left = math.min(day_left, tonumber(day[3]) - used) end
-if day[2] then day_left = 0 end
-if day_left < 1 then return {0, 'day', 0, used, day_left} end
-if user and day_left - math.floor(day_limit * tonumber(ARGV[5])) < 1 then
-  return {0, 'day_reserved', 0, used, day_left}
-end
-
--- expiry times are the injected clock's, kept in the values; Redis TTLs only clean up
-local block = tonumber(redis.call('GET', KEYS[5]))
-if block and block > now then return {0, 'minute_spent', block - now, used, day_left} end
-
-redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now - window)
-local count = redis.call('ZCARD', KEYS[2])
-local seq = tonumber(redis.call('GET', KEYS[3])) or 0
-local need = 1
-if user then need = 1 + math.floor(minute_limit * tonumber(ARGV[6])) end
-local wait = 0
-if minute_limit - count < need then
-  -- the k-th oldest token must leave the window before enough room frees
-  local k = need - (minute_limit - count)
-  local entry = redis.call('ZRANGE', KEYS[2], k - 1, k - 1, 'WITHSCORES')
-  if entry[2] then wait = tonumber(entry[2]) + window - now else wait = window end
-end
-local cap_fields = redis.call('HMGET', KEYS[4], 'total', 'until')
-local cap = nil
-if cap_fields[1] and tonumber(cap_fields[2]) > now then cap = tonumber(cap_fields[1]) end
-if cap and cap - seq < need then wait = math.max(wait, tonumber(cap_fields[2]) - now) end
-if wait > 0 then
-  local reason = 'minute'
-  if user and minute_limit - count >= 1 and (not cap or cap - seq >= 1) then
-    reason = 'minute_reserved'
-  end
-  return {0, reason, wait, used, day_left}
-end
-
-used = redis.call('HINCRBY', KEYS[1], 'used', 1)
-redis.call('EXPIRE', KEYS[1], tonumber(ARGV[8]))
-seq = redis.call('INCR', KEYS[3])
-redis.call('EXPIRE', KEYS[3], 172800)
-redis.call('ZADD', KEYS[2], now, seq)
-redis.call('PEXPIRE', KEYS[2], window + 1000)
-day_left = day_left - 1
-
--- the day's warnings, once per level per day, whichever process crosses them
-local consumed = day_limit - day_left
-local warn80, warn95 = 0, 0
-if consumed >= day_limit * 0.95 then warn95 = redis.call('HSETNX', KEYS[1], 'warn95', 1) end
-if consumed >= day_limit * 0.80 then warn80 = redis.call('HSETNX', KEYS[1], 'warn80', 1) end
-return {1, 'ok', 0, used, day_left, seq, count + 1, warn80, warn95, day_limit}
-"""
-
-_NOTE_SCRIPT = """
--- KEYS: 1 day hash, 2 sequence, 3 minute cap hash, 4 upstream report hash
--- ARGV: 1 now_ms, 2 day_limit, 3 day_remaining, 4 minute_limit, 5 minute_remaining,
---       6 the token's day sequence, 7 the token's minute sequence, 8 window_ms,
---       9 day key ttl s, 10 report ttl s   ('' = unknown)
-local function num(s) if s == '' then return nil end return tonumber(s) end
-local fields = {'noted_at', ARGV[1]}
-local names = {'day_limit', 'day_remaining', 'minute_limit', 'minute_remaining'}
-for i, name in ipairs(names) do
-  if ARGV[i + 1] ~= '' then
-    table.insert(fields, name)
-    table.insert(fields, ARGV[i + 1])
-  end
-end
-redis.call('HSET', KEYS[4], unpack(fields))
-redis.call('EXPIRE', KEYS[4], tonumber(ARGV[10]))
-
-local day_remaining = num(ARGV[3])
-if day_remaining then
-  local seq = num(ARGV[6]) or tonumber(redis.call('HGET', KEYS[1], 'used')) or 0
-  local cap_seq = tonumber(redis.call('HGET', KEYS[1], 'cap_seq'))
-  if not cap_seq or seq >= cap_seq then
-    redis.call('HSET', KEYS[1], 'cap', seq + day_remaining, 'cap_seq', seq)
-    redis.call('EXPIRE', KEYS[1], tonumber(ARGV[9]))
-  end
-end
-local minute_remaining = num(ARGV[5])
-if minute_remaining then
-  local now = tonumber(ARGV[1])
-  local seq = num(ARGV[7]) or tonumber(redis.call('GET', KEYS[2])) or 0
-  local current = redis.call('HMGET', KEYS[3], 'seq', 'until')
-  local cap_seq = tonumber(current[1])
-  if not cap_seq or tonumber(current[2]) <= now or seq >= cap_seq then
-    local window = tonumber(ARGV[8])
-    redis.call('HSET', KEYS[3], 'total', seq + minute_remaining, 'seq', seq,
-               'until', now + window)
-    redis.call('PEXPIRE', KEYS[3], window)
-  end
-end
-return 1
-"""
-
+# After a failover: no process takes a token for this long (the others put their lost
+# tokens back meanwhile), then for one window this share of the minute budget (at least
+# one request) stays unused.
+SETTLE_S = 2.0
+CAREFUL_SHARE = 0.1
 
 @dataclass(frozen=True)
 class RateLimitInfo:
@@ -286,6 +196,7 @@ class QuotaGovernor:
                  window_s: float = MINUTE_WINDOW_S + SEND_MARGIN_S) -> None:
         if not (0 <= day_reserve_fraction < 1 and 0 <= minute_reserve_fraction < 1):
             raise ValueError("quota reserve fractions must be in [0, 1)")
+        self._stores = redis
         self._redis = redis.queue
         self._keys = redis.keys
         self._config = config
@@ -293,8 +204,22 @@ class QuotaGovernor:
         self.day_reserve_fraction = day_reserve_fraction
         self.minute_reserve_fraction = minute_reserve_fraction
         self.window_s = window_s
-        self._take = self._redis.register_script(_TAKE_SCRIPT)
-        self._note = self._redis.register_script(_NOTE_SCRIPT)
+        self._take = self._redis.register_script(TAKE_SCRIPT)
+        self._note = self._redis.register_script(NOTE_SCRIPT)
+        self._restore = self._redis.register_script(RESTORE_SCRIPT)
+        # What this process took and was told, where a rollback shows (see "Failovers"):
+        # its field in the day hash, its tokens' members, its count per sport for the
+        # day, its tokens of the last window, the highest sequence it saw, the last
+        # upstream report and the walls it hit.
+        self._field = f"p:{secrets.token_hex(6)}"
+        self._members = itertools.count(1)
+        self._own_day: dict[str, tuple[str, int]] = {}
+        self._own_window: dict[str, deque[tuple[str, int]]] = {}
+        self._seq_high: dict[str, int] = {}
+        self._last_note: dict[str, tuple[list[str], list[Any]]] = {}
+        self._walls: dict[str, tuple[str | None, int]] = {}  # spent day, minute block ms
+        self._failovers_at = redis.failovers_seen()
+        self._check: set[str] = set()  # sports to restore before their next take
 
     # -- keys --
 
@@ -321,14 +246,16 @@ class QuotaGovernor:
         """Atomically check every limit and take a token if all allow it; never waits."""
         now = self._clock.time()
         day = utc_day(now)
-        reply = await self._take(
-            keys=[self._day_key(sport, day), self._key(sport, "window"),
-                  self._key(sport, "seq"), self._key(sport, "minute_cap"),
-                  self._key(sport, "minute_block"), self._key(sport, "upstream")],
-            args=[int(now * 1000), self.day_limit(sport), self.minute_limit(sport),
-                  1 if purpose == "user" else 0, self.day_reserve_fraction,
-                  self.minute_reserve_fraction, int(self.window_s * 1000),
-                  self._day_ttl_s(now)])
+        failovers = self._stores.failovers_seen()
+        if failovers != self._failovers_at:
+            self._failovers_at = failovers
+            self._check.update(self._own_day)
+        if sport in self._check:
+            await self.restore(sport, "a Redis failover")
+        reply = await self._take_once(sport, purpose, now, day)
+        if _text(reply[1]) == "rollback":
+            await self.restore(sport, "tokens missing in Redis")
+            reply = await self._take_once(sport, purpose, now, day)
         ok, reason = int(reply[0]), _text(reply[1])
         day_used, day_left = int(reply[3]), int(reply[4])
         if not ok:
@@ -346,7 +273,75 @@ class QuotaGovernor:
                         sport, day_limit - day_left, day_limit, day_left)
         token = QuotaToken(sport=sport, day=day, day_seq=day_used, minute_seq=int(reply[5]),
                            taken_at=now, day_left=day_left)
+        self._seq_high[sport] = max(self._seq_high.get(sport, 0), token.minute_seq)
         return QuotaDecision(token, "ok", 0.0, day_left)
+
+    async def _take_once(self, sport: str, purpose: Purpose, now: float, day: str) -> Any:
+        now_ms = int(now * 1000)
+        window = self._window(sport, now_ms)
+        last_member, last_ms = window[-1] if window else ("", 0)
+        member = f"{self._field[2:]}:{next(self._members)}"
+        own_day, own = self._own_day.get(sport, (day, 0))
+        minute_limit = self.minute_limit(sport)
+        reply = await self._take(
+            keys=[self._day_key(sport, day), self._key(sport, "window"),
+                  self._key(sport, "seq"), self._key(sport, "minute_cap"),
+                  self._key(sport, "minute_block"), self._key(sport, "upstream"),
+                  self._key(sport, "failover")],
+            args=[now_ms, self.day_limit(sport), minute_limit,
+                  1 if purpose == "user" else 0, self.day_reserve_fraction,
+                  self.minute_reserve_fraction, int(self.window_s * 1000),
+                  self._day_ttl_s(now), member, self._field,
+                  own if own_day == day else 0, last_member, last_ms,
+                  max(1, math.ceil(minute_limit * CAREFUL_SHARE))])
+        if int(reply[0]):
+            self._own_day[sport] = (day, (own if own_day == day else 0) + 1)
+            window.append((member, now_ms))
+        return reply
+
+    def _window(self, sport: str, now_ms: int) -> deque[tuple[str, int]]:
+        """This process's tokens of `sport` still in the window."""
+        window = self._own_window.setdefault(sport, deque())
+        while window and window[0][1] <= now_ms - int(self.window_s * 1000):
+            window.popleft()
+        return window
+
+    async def restore(self, sport: str, why: str) -> None:
+        """Put back what this process took and was told of `sport`'s budget, where Redis
+        lost it, and hold every process's takes a moment (see "Failovers"). Idempotent."""
+        self._check.discard(sport)
+        now = self._clock.time()
+        now_ms, day = int(now * 1000), utc_day(now)
+        window_ms = int(self.window_s * 1000)
+        own_day, own = self._own_day.get(sport, (day, 0))
+        pairs: list[Any] = []
+        for member, at_ms in self._window(sport, now_ms):
+            pairs += [member, at_ms]
+        reply = await self._restore(
+            keys=[self._day_key(sport, day), self._key(sport, "window"),
+                  self._key(sport, "seq"), self._key(sport, "failover")],
+            args=[now_ms, self._field, own if own_day == day else 0,
+                  self._seq_high.get(sport, 0), now_ms + int(SETTLE_S * 1000),
+                  now_ms + window_ms, window_ms, self._day_ttl_s(now), *pairs])
+        lost_day, lost_window = int(reply[0]), int(reply[1])
+        note = self._last_note.get(sport)
+        if note is not None:
+            await self._note(keys=note[0], args=note[1])
+        spent_day, block_ms = self._walls.get(sport, (None, 0))
+        if spent_day == day:
+            await self._redis.hsetnx(self._day_key(sport, day), "spent", 1)
+        if block_ms > now_ms:
+            await self._redis.set(self._key(sport, "minute_block"), block_ms,
+                                  px=block_ms - now_ms)
+        if lost_day or lost_window:
+            metrics.REDIS_ROLLBACKS.labels("quota").inc()
+            log.warning("upstream %s budget: Redis lost %d of this process's tokens of the "
+                        "day and %d of the last minute (%s); put back, and the budget is "
+                        "held %.0f s then kept %d%% lower for a minute", sport, lost_day,
+                        lost_window, why, SETTLE_S, CAREFUL_SHARE * 100)
+        else:
+            log.info("upstream %s budget checked after %s: nothing of this process's lost",
+                     sport, why)
 
     async def acquire(self, sport: str, purpose: Purpose) -> bool:
         """Take a token now if the budget allows (atomic check-and-take)."""
@@ -388,20 +383,22 @@ class QuotaGovernor:
                 return ""
             return value
 
-        await self._note(
-            keys=[self._day_key(sport, day), self._key(sport, "seq"),
-                  self._key(sport, "minute_cap"), self._key(sport, "upstream")],
-            args=[int(now * 1000), arg(limits.day_limit, positive=True),
-                  arg(limits.day_remaining), arg(limits.minute_limit, positive=True),
-                  arg(limits.minute_remaining),
-                  token.day_seq if token is not None else "",
-                  token.minute_seq if token is not None else "",
-                  int(self.window_s * 1000), self._day_ttl_s(now), UPSTREAM_REPORT_TTL_S])
+        keys = [self._day_key(sport, day), self._key(sport, "seq"),
+                self._key(sport, "minute_cap"), self._key(sport, "upstream")]
+        args: list[Any] = [
+            int(now * 1000), arg(limits.day_limit, positive=True), arg(limits.day_remaining),
+            arg(limits.minute_limit, positive=True), arg(limits.minute_remaining),
+            token.day_seq if token is not None else "",
+            token.minute_seq if token is not None else "",
+            int(self.window_s * 1000), self._day_ttl_s(now), UPSTREAM_REPORT_TTL_S]
+        self._last_note[sport] = (keys, args)  # told again after a failover
+        await self._note(keys=keys, args=args)
 
     async def mark_day_spent(self, sport: str) -> None:
         """The upstream reported its daily wall: no more requests until 00:00 UTC."""
         now = self._clock.time()
         key = self._day_key(sport, utc_day(now))
+        self._walls[sport] = (utc_day(now), self._walls.get(sport, (None, 0))[1])
         async with self._redis.pipeline(transaction=True) as pipe:
             pipe.hsetnx(key, "spent", 1)
             pipe.expire(key, self._day_ttl_s(now))
@@ -414,6 +411,7 @@ class QuotaGovernor:
         """The upstream reported its per-minute wall: nothing for one window."""
         window_ms = int(self.window_s * 1000)
         until_ms = int(self._clock.time() * 1000) + window_ms
+        self._walls[sport] = (self._walls.get(sport, (None, 0))[0], until_ms)
         await self._redis.set(self._key(sport, "minute_block"), until_ms, px=window_ms)
         log.warning("upstream %s: the per-minute limit was hit; pausing for %.0f s",
                     sport, self.window_s)
