@@ -152,11 +152,15 @@ async def test_unreachable_redis_fails_open_briefly_then_answers_503(tmp_path):
     stores = open_redis(config)
     clock = FakeClock(start=time.time())
     limiter = RateLimiter(stores.data, stores.keys, clock, fail_open_max_s=30)
-    policy = RatePolicy(burst=3, refill_per_s=0.01, daily_quota=None)
+    policy = RatePolicy(burst=3, refill_per_s=0.1, daily_quota=None)
     try:
         decisions = [await limiter.check(1, policy) for _ in range(4)]
-        assert [d.allowed for d in decisions] == [True, True, True, False]
-        assert all(d.degraded for d in decisions)  # the in-process bucket still limits
+        # the in-process bucket still limits, and starts with one second's refill (at
+        # least one token), not a burst: every process fails open at once
+        assert [d.allowed for d in decisions] == [True, False, False, False]
+        assert all(d.degraded for d in decisions)
+        clock.advance(10)  # one token every ten seconds
+        assert [(await limiter.check(1, policy)).allowed for _ in range(2)] == [True, False]
         assert decisions[-1].retry_after_s >= 1
         clock.advance(31)
         with pytest.raises(Unavailable) as info:

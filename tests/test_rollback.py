@@ -20,8 +20,10 @@ import orjson
 import pytest
 
 from btsguru import metrics
-from btsguru.clock import FakeClock
+from btsguru.auth.ratelimit import RateLimiter, RatePolicy
+from btsguru.clock import FakeClock, SystemClock
 from btsguru.store.history import history_key
+from btsguru.store.redis import open_redis
 from btsguru.upstream import QuotaGovernor, RateLimitInfo
 from btsguru.upstream.quota import CAREFUL_SHARE, SETTLE_S
 from tests.access_fixtures import migrated_sqlite
@@ -268,3 +270,26 @@ async def test_a_failover_seen_makes_a_process_check_its_tokens_before_it_takes(
         state = await governor.snapshot(SPORT)
         assert state.minute_blocked_s == pytest.approx(governor.window_s)  # the wall again
         assert state.minute_used == 3 and state.upstream_minute_remaining == 5
+
+
+# -- rate limits --
+
+async def test_a_rolled_back_rate_bucket_loosens_a_users_limit_by_one_burst_at_most(
+        test_config):
+    """The bucket a replica held hands its tokens out again: one burst more, never two."""
+    policy = RatePolicy(burst=10, refill_per_s=0.001, daily_quota=None)  # no refill here
+    stores = open_redis(test_config)
+    try:
+        a = RateLimiter(stores.data, stores.keys, SystemClock())
+        b = RateLimiter(stores.data, stores.keys, SystemClock())  # another process
+        bucket = a.bucket_key(42)
+        assert (await a.check(42, policy)).allowed  # the bucket exists; the replica has it
+        replica = await stores.data.dump(bucket)
+        admitted = 1 + sum([(await a.check(42, policy)).allowed for _ in range(30)])
+        assert admitted == policy.burst
+        await stores.data.restore(bucket, 0, replica, replace=True)  # the failover
+        admitted += sum([(await limiter.check(42, policy)).allowed
+                         for limiter in (a, b) for _ in range(30)])
+        assert policy.burst < admitted <= 2 * policy.burst
+    finally:
+        await stores.close()

@@ -41,8 +41,14 @@ holds (other processes' spending since then is not seen); `daily_used` likewise.
 
 When Redis cannot be reached, the limiter fails open into an in-process bucket with the
 same tier parameters (so each process still enforces the tier's rate on its own, at
-worst N processes times the rate) for `FAIL_OPEN_MAX_S`; users see nothing of a Redis
-restart or a Sentinel failover. While the circuit is open, requests do not wait on Redis
+worst N processes times the rate) for `FAIL_OPEN_MAX_S`; users at the tier's pace see
+nothing of a Redis restart or a failover. That bucket starts with one second's refill,
+not a full burst, and the day counts on from Redis's last word: N processes failing
+open together cannot hand out N bursts. With a failover's rollback (a replica that
+missed the last leases hands those tokens out again, at most one burst) a user's limit
+loosens, for the minute of the failover only, by one burst plus N x the rate for the
+seconds Redis was away: under twice the tier's minute as long as N x (those seconds + 1)
+stays under 60 (three processes and a 5-second failover: 18). While the circuit is open, requests do not wait on Redis
 at all: one probe every `PROBE_INTERVAL_S` checks whether it is back. An outage longer
 than that is not a blip: the cached data that the API serves lives in the same Redis,
 `/readyz` already reports 503 so balancers drain the process, and daily quotas cannot be
@@ -222,7 +228,9 @@ class RateLimiter:
         if now - self._down_since > self._fail_open_max_s:
             raise Unavailable("rate limiting is unavailable (Redis unreachable); retry shortly",
                               retry_after_s=UNAVAILABLE_RETRY_AFTER_S)
-        return self._local.check(user_id, policy, cost)
+        lease = self._leases.get(user_id)
+        return self._local.check(user_id, policy, cost,
+                                 lease.used if lease is not None else 0)
 
     async def return_expired(self, *, everything: bool = False) -> int:
         """Give back to Redis the tokens of expired leases (all held ones when

@@ -129,18 +129,29 @@ def whole_s(seconds: float) -> int:
     return max(0, math.ceil(seconds - 1e-6))
 
 
+# The in-process fallback bucket starts with this many seconds of refill (at least one
+# token), not a full burst: every process of the fleet fails open at once when Redis
+# fails over, and N full bursts would let a user through N times over.
+FALLBACK_START_S = 1.0
+
+
 class LocalBuckets:
     """The same bucket and day counter, in this process only: the fallback while Redis
-    is unreachable."""
+    is unreachable. A bucket starts nearly empty (`FALLBACK_START_S`) and refills at the
+    tier's rate, and the day counts on from what Redis last said, so that while Redis
+    fails over, N processes together admit at most N x the tier's rate for those
+    seconds: within a minute of a failover that is well under twice the tier's limit."""
 
     def __init__(self, clock: Clock) -> None:
         self._clock = clock
         self._state: dict[int, tuple[float, float, int, int]] = {}
 
-    def check(self, user_id: int, policy: RatePolicy, cost: int) -> RateDecision:
+    def check(self, user_id: int, policy: RatePolicy, cost: int,
+              used_today: int = 0) -> RateDecision:
         now = self._clock.time()
         day = int(now // DAY_S)
-        tokens, ts, state_day, used = self._state.get(user_id, (policy.burst, now, day, 0))
+        start = min(float(policy.burst), max(1.0, policy.refill_per_s * FALLBACK_START_S))
+        tokens, ts, state_day, used = self._state.get(user_id, (start, now, day, used_today))
         tokens = min(policy.burst, tokens + max(0.0, now - ts) * policy.refill_per_s)
         used = used if state_day == day else 0
         day_left = (day + 1) * DAY_S - now
