@@ -24,6 +24,7 @@ from pathlib import Path
 
 import redis
 
+from tests.chaos.tcp_proxy import TcpProxy
 from tests.cli_helpers import free_port
 from tests.waiting import wait_until_blocking
 
@@ -34,6 +35,7 @@ START_TIMEOUT_S = 15.0  # processes up, the replica in sync, the sentinels aware
 # after the failover timeout.
 DOWN_AFTER_MS = 1000
 FAILOVER_TIMEOUT_MS = 4000
+PROXIED_FAILOVER_TIMEOUT_MS = 120_000  # see `sentinel_set(replication_proxy=True)`
 SENTINEL_QUORUM = 2
 
 
@@ -103,6 +105,9 @@ class SentinelSet:
     name: str
     data_ports: list[int]  # the master first, as started
     sentinel_ports: list[int]
+    # with `sentinel_set(replication_proxy=True)`: the replica's link to the master, which
+    # a test cuts so that the master's next writes never reach the replica (a rollback)
+    replication: TcpProxy | None = None
 
     @property
     def sentinels(self) -> str:
@@ -191,37 +196,50 @@ class SentinelSet:
         return f"{awaited}: sentinels name {self.master_port()}, roles {roles}\n{logs}"
 
 
-def _sentinel_conf(port: int, name: str, master_port: int, workdir: Path) -> Path:
+def _sentinel_conf(port: int, name: str, master_port: int, workdir: Path,
+                   failover_timeout_ms: int) -> Path:
     path = workdir / f"sentinel-{port}.conf"
     path.write_text(
         f"port {port}\nbind 127.0.0.1\ndir {workdir}\n"
         f"sentinel monitor {name} 127.0.0.1 {master_port} {SENTINEL_QUORUM}\n"
         f"sentinel down-after-milliseconds {name} {DOWN_AFTER_MS}\n"
-        f"sentinel failover-timeout {name} {FAILOVER_TIMEOUT_MS}\n"
+        f"sentinel failover-timeout {name} {failover_timeout_ms}\n"
         f"sentinel parallel-syncs {name} 1\n")
     return path
 
 
 @contextlib.contextmanager
-def sentinel_set(name: str = "mymaster") -> Iterator[SentinelSet]:
-    """Start a master, its replica and three sentinels on free ports; all killed on exit."""
+def sentinel_set(name: str = "mymaster", *,
+                 replication_proxy: bool = False) -> Iterator[SentinelSet]:
+    """Start a master, its replica and three sentinels on free ports; all killed on exit.
+    `replication_proxy`: the replica replicates through a `TcpProxy` (`.replication`);
+    the sentinels then get a long failover timeout, or they would "fix" a replica whose
+    master address is not the master's after it (4 s here)."""
     topology = Topology(Path(tempfile.mkdtemp(prefix="btsguru-sentinel-")))
+    proxy: TcpProxy | None = None
     try:
         master, replica = free_port(), free_port()
         common = ("--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
                   "--dir", str(topology.workdir))
         topology.start(master, "--port", str(master), *common)
+        upstream = master
+        if replication_proxy:
+            proxy = TcpProxy("127.0.0.1", master).start()
+            upstream = proxy.port
         topology.start(replica, "--port", str(replica), *common,
-                       "--replicaof", "127.0.0.1", str(master))
+                       "--replicaof", "127.0.0.1", str(upstream))
         wait_until_blocking(lambda: _answers(master) and _answers(replica), START_TIMEOUT_S,
                             "the data nodes to answer")
         sentinel_ports = [free_port() for _ in range(3)]
+        failover_timeout_ms = PROXIED_FAILOVER_TIMEOUT_MS if proxy else FAILOVER_TIMEOUT_MS
         for port in sentinel_ports:
-            conf = _sentinel_conf(port, name, master, topology.workdir)
+            conf = _sentinel_conf(port, name, master, topology.workdir, failover_timeout_ms)
             topology.start(port, str(conf), "--sentinel")
         started = time.monotonic()
-        group = SentinelSet(topology, name, [master, replica], sentinel_ports)
+        group = SentinelSet(topology, name, [master, replica], sentinel_ports, proxy)
         group.wait_ready(START_TIMEOUT_S - (time.monotonic() - started) + 5)
         yield group
     finally:
         topology.stop()
+        if proxy is not None:
+            proxy.stop()
