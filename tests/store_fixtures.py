@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
+from typing import Any
 
 from btsguru.clock import Clock, FakeClock
 from btsguru.config import Config
@@ -77,3 +79,19 @@ def open_store(config: Config, runner: DatabaseRunner, *, clock: Clock | None = 
     bus: Bus = RedisBus(stores.reverb, stores.keys) if redis_bus else InMemoryBus()
     return StoreNode(stores, bus, GameStore(stores, runner, clock, bus),
                      EventHistory(stores, bus), clock)
+
+
+def store_nodes(config: Config, runner: DatabaseRunner,
+                io_loop: Any) -> Iterator[Callable[..., StoreNode]]:
+    """For a `nodes` fixture: `make(**open_store options)` opens one more "process" on
+    the shared Redis and database; all are closed after the test."""
+    opened: list[StoreNode] = []
+
+    def make(**options: Any) -> StoreNode:
+        node = open_store(config, runner, **options)
+        opened.append(node)
+        return node
+
+    yield make
+    for node in opened:
+        io_loop.run_sync(node.close)

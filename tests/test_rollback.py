@@ -28,7 +28,7 @@ from btsguru.upstream import QuotaGovernor, RateLimitInfo
 from btsguru.upstream.quota import CAREFUL_SHARE, SETTLE_S
 from tests.access_fixtures import migrated_sqlite
 from tests.realtime_helpers import WsClient, events, relay
-from tests.store_fixtures import StoreNode, goal, live, make_game, open_store
+from tests.store_fixtures import goal, live, make_game, store_nodes
 from tests.upstream_fixtures import redis_stores, with_quota
 
 SPORT = "football"
@@ -41,16 +41,7 @@ def runner(tmp_path):
 
 @pytest.fixture
 def nodes(test_config, runner, io_loop):
-    opened = []
-
-    def make() -> StoreNode:
-        node = open_store(test_config, runner)
-        opened.append(node)
-        return node
-
-    yield make
-    for node in opened:
-        io_loop.run_sync(node.close)
+    yield from store_nodes(test_config, runner, io_loop)
 
 
 def rollbacks() -> float:

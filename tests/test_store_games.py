@@ -18,7 +18,7 @@ from btsguru.sports.static import LeagueInfo, TeamInfo
 from btsguru.store.bus import BusEvent
 from btsguru.store.history import history_key
 from tests.access_fixtures import migrated_sqlite
-from tests.store_fixtures import goal, live, make_game, open_store
+from tests.store_fixtures import goal, live, make_game, open_store, store_nodes
 
 
 @pytest.fixture
@@ -28,16 +28,7 @@ def runner(tmp_path):
 
 @pytest.fixture
 def nodes(test_config, runner, io_loop):
-    opened = []
-
-    def make(**options):
-        node = open_store(test_config, runner, **options)
-        opened.append(node)
-        return node
-
-    yield make
-    for node in opened:
-        io_loop.run_sync(node.close)
+    yield from store_nodes(test_config, runner, io_loop)
 
 
 async def all_history(node, sport="football"):
