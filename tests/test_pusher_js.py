@@ -5,67 +5,22 @@ installs Debian's when missing); pusher-js comes from tests/node's package-lock.
 
 from __future__ import annotations
 
-import asyncio
 import json
-import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from bench.harness import node_packages
 from btsguru.sports.base import Phase
 from tests.pusher_helpers import api
-from tests.realtime_helpers import TIMEOUT_S, relay
+from tests.pusher_node import NodeClient, node_with_packages
+from tests.realtime_helpers import relay
 from tests.store_fixtures import make_game
-
-NODE_DIR = Path(__file__).parent / "node"
-SCRIPT = NODE_DIR / "pusher_client.js"
 
 
 @pytest.fixture(scope="module")
 def pusher_js() -> Path:
-    """`node`, with pusher-js installed from tests/node's package-lock.json."""
-    return node_packages(NODE_DIR, "pusher-js")
-
-
-class NodeClient:
-    def __init__(self, process: asyncio.subprocess.Process) -> None:
-        self.process = process
-        self.lines: list[dict[str, Any]] = []
-
-    @classmethod
-    async def start(cls, node: Path, r, channels: list[str], api_key: str | None = None,
-                    ) -> NodeClient:
-        options = {"host": "127.0.0.1", "port": r.port, "key": r.config.reverb_app_key,
-                   "channels": channels, "apiKey": api_key}
-        process = await asyncio.create_subprocess_exec(
-            str(node), str(SCRIPT), json.dumps(options), stdin=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.PIPE, cwd=str(NODE_DIR))
-        return cls(process)
-
-    async def wait(self, condition: Callable[[dict[str, Any]], bool],
-                   timeout_s: float = TIMEOUT_S) -> dict[str, Any]:
-        for line in self.lines:
-            if condition(line):
-                return line
-        deadline = time.monotonic() + timeout_s
-        assert self.process.stdout is not None
-        while True:
-            raw = await asyncio.wait_for(self.process.stdout.readline(),
-                                         max(0.01, deadline - time.monotonic()))
-            if not raw:
-                raise AssertionError(f"pusher-js exited; it printed {self.lines}")
-            line = json.loads(raw)
-            self.lines.append(line)
-            if condition(line):
-                return line
-
-    async def stop(self) -> None:
-        if self.process.returncode is None:
-            self.process.kill()
-        await self.process.wait()
+    """`node`, with pusher-js (and the other Node clients) installed."""
+    return node_with_packages()
 
 
 async def test_pusher_js_gets_game_events_members_and_backend_publishes(tmp_path, pusher_js):

@@ -22,8 +22,8 @@ from btsguru.store.redis import Keys
 from tests import test_pusher_js
 from tests.conftest import make_test_config, purge_redis_prefix
 from tests.pusher_helpers import PusherClient, realtime_auth
+from tests.pusher_node import NodeClient
 from tests.realtime_helpers import TIMEOUT_S, make_users, migrate_file, servers
-from tests.test_pusher_js import NodeClient
 from tests.test_realtime import match
 from tests.test_realtime_processes import Publisher
 

@@ -48,12 +48,12 @@ open together cannot hand out N bursts. With a failover's rollback (a replica th
 missed the last leases hands those tokens out again, at most one burst) a user's limit
 loosens, for the minute of the failover only, by one burst plus N x the rate for the
 seconds Redis was away: under twice the tier's minute as long as N x (those seconds + 1)
-stays under 60 (three processes and a 5-second failover: 18). While the circuit is open, requests do not wait on Redis
-at all: one probe every `PROBE_INTERVAL_S` checks whether it is back. An outage longer
-than that is not a blip: the cached data that the API serves lives in the same Redis,
-`/readyz` already reports 503 so balancers drain the process, and daily quotas cannot be
-enforced, so the limiter answers 503 `unavailable` with `Retry-After` (never a
-traceback) until Redis answers again.
+stays under 60 (three processes and a 5-second failover: 18). While the circuit is
+open, requests do not wait on Redis at all: one probe every `PROBE_INTERVAL_S` checks
+whether it is back. An outage longer than that is not a blip: the cached data that the
+API serves lives in the same Redis, `/readyz` already reports 503 so balancers drain
+the process, and daily quotas cannot be enforced, so the limiter answers 503
+`unavailable` with `Retry-After` (never a traceback) until Redis answers again.
 """
 
 from __future__ import annotations

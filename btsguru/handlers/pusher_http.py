@@ -35,6 +35,7 @@ from btsguru.realtime.pusher_protocol import (
     channel_auth,
     game_channel_of,
     http_signature,
+    is_cache,
     is_presence,
     valid_channel,
 )
@@ -161,6 +162,8 @@ class PusherApiHandler(JsonHandler):
                 message: dict[str, Any] = {"event": name, "channel": channel, "data": data}
                 if isinstance(socket_id, str):
                     message["except"] = socket_id
+                if is_cache(channel):  # remembered for the channel's next subscribers
+                    message = await self.state.cache.remember(channel, message)
                 await self.state.publish(channel, message)
         return await self._info(item.get("info"), channels)
 

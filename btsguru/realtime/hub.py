@@ -73,6 +73,8 @@ class Hub:
                  sports: Sequence[str], *, series: SeriesRecorder | None = None) -> None:
         self._bus = bus
         self._series = series
+        self.games = games  # read by the Pusher cache channels
+        self.history = history
         self.slots = slots
         self.sports = tuple(sports)
         self.connections: dict[int, Connection] = {}

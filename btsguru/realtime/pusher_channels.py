@@ -39,6 +39,7 @@ from btsguru.errors import BtsguruError
 from btsguru.realtime.channels import Channel, InvalidChannel, parse_channel
 from btsguru.realtime.cursor import Cursor
 from btsguru.realtime.hub import Hub
+from btsguru.realtime.pusher_cache import CachedEvents
 from btsguru.realtime.pusher_protocol import (
     CLIENT_EVENT_RATE,
     EVENT_DATA_MAX_BYTES,
@@ -50,6 +51,7 @@ from btsguru.realtime.pusher_protocol import (
     channel_auth,
     frame,
     game_channel_of,
+    is_cache,
     is_encrypted,
     is_presence,
     is_private,
@@ -95,6 +97,7 @@ class PusherChannels:
         self.hub = hub
         self.state = state
         self.config = config
+        self.cached = CachedEvents(hub, state.cache)
 
     # -- subscribe --
 
@@ -139,12 +142,14 @@ class PusherChannels:
                         channel.sport if channel is not None else None, key_id=key_id)
         await self._attach(conn, sub)
         if channel is None or game is None:
+            cached = await self.cached.for_app_channel(conn, name) if is_cache(name) else None
             conn.send(await self._success(sub))
+            if cached is not None:
+                conn.send(cached)
             conn.mark_ready(sub)
             return
-        success = await self._success(sub)
-        cursor = await self._resume_cursor(conn, sub, channel) if user_id is not None else None
-        conn.pending.setdefault(game, []).append((name, success))
+        frames, cursor = await self._game_start(conn, sub, channel)
+        conn.pending.setdefault(game, []).append((name, frames))
         conn.aliases.setdefault(game, set()).add(name)
         try:
             await self.hub.subscribe(conn, [channel], cursor)
@@ -152,6 +157,22 @@ class PusherChannels:
             conn.pending.pop(game, None)
             await self.unsubscribe(conn, name)
             raise SubscriptionRefused(name, exc.message, exc.status, "LimitReached") from None
+
+    async def _game_start(self, conn: PusherSocket, sub: PusherSub,
+                          channel: Channel) -> tuple[list[bytes], Cursor | None]:
+        """What a game channel's subscriber is sent once the hub has it (success, and on
+        a cache channel the cached event), and where its hub subscription starts."""
+        frames = [await self._success(sub)]
+        if not is_cache(sub.name):
+            cursor = await self._resume_cursor(conn, sub, channel) \
+                if sub.user_id is not None else None
+            return frames, cursor
+        # a cache channel: the whole game (or the last event), never a replay
+        assert sub.game is not None
+        shared = any(other in conn.channels for other in conn.aliases.get(sub.game, ()))
+        cached = await self.cached.for_game_channel(sub.name, channel,
+                                                    hub_sends_snapshot=not shared)
+        return frames + ([cached] if cached is not None else []), None
 
     async def _resume_cursor(self, conn: PusherSocket, sub: PusherSub,
                              channel: Channel) -> Cursor | None:

@@ -87,13 +87,29 @@ def is_encrypted(name: str) -> bool:
     return name.startswith("private-encrypted-")
 
 
+# Cache channels remember their last event (PUSHER.md section 11)
+CACHE_PREFIXES = ("cache-", "private-cache-", "presence-cache-", "private-encrypted-cache-")
+# The Pusher names a game channel goes by: bare, private, presence, and their cache forms
+_GAME_NAME_PREFIXES = ("", "private-", "presence-", "cache-", "private-cache-",
+                       "presence-cache-")
+
+
+def is_cache(name: str) -> bool:
+    return name.startswith(CACHE_PREFIXES)
+
+
 def game_channel_of(name: str) -> str | None:
     """The game channel behind a Pusher name (`sports.x`, `private-sports.x`,
-    `presence-sports.x` -> `sports.x`), or None for an app's own channel."""
-    for prefix in ("", "private-", "presence-"):
+    `presence-sports.x` and their `cache-` forms -> `sports.x`), or None for an app's
+    own channel."""
+    for prefix in _GAME_NAME_PREFIXES:
         if name.startswith(prefix + GAME_PREFIX):
             return name[len(prefix):]
     return None
+
+
+def cache_miss_frame(channel: str) -> bytes:
+    return frame("pusher:cache_miss", None, channel)
 
 
 # -- signatures --

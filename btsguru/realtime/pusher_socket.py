@@ -62,7 +62,7 @@ class PusherSub:
     # name of a game channel resubscribed the hub channel to replay for itself)
     floor: tuple[int, int] | None = None
     ready: bool = False  # subscription_succeeded sent: app-bus messages may follow
-    held: list[bytes] = field(default_factory=list)
+    held: list[tuple[str | None, bytes]] = field(default_factory=list)  # (id, frame)
 
 
 class PusherSocket(Connection):
@@ -76,7 +76,9 @@ class PusherSocket(Connection):
         self.socket_id = socket_id
         self.channels: dict[str, PusherSub] = {}
         self.aliases: dict[str, set[str]] = {}  # hub channel -> Pusher names
-        self.pending: dict[str, list[tuple[str, bytes]]] = {}  # hub channel -> successes
+        # hub channel -> (Pusher name, its success and what follows it: a cached event)
+        self.pending: dict[str, list[tuple[str, list[bytes]]]] = {}
+        self.cache_sent: dict[str, str] = {}  # app channel -> id of the cached event sent
         self.user_slots: set[int] = set()
         self.client_bucket = TokenBucket(client_events_per_s, client_events_per_s)
         self.listeners: dict[str, Any] = {}
@@ -136,8 +138,9 @@ class PusherSocket(Connection):
     def control(self, message: dict[str, Any]) -> None:
         if message.get("op") != "subscribed":
             return
-        for name, success in self.pending.pop(str(message.get("channel")), []):
-            self.send_frame(ws_frame(success))
+        for name, frames in self.pending.pop(str(message.get("channel")), []):
+            for payload in frames:
+                self.send_frame(ws_frame(payload))
             sub = self.channels.get(name)
             if sub is not None:
                 self.mark_ready(sub)
@@ -148,8 +151,9 @@ class PusherSocket(Connection):
     def mark_ready(self, sub: PusherSub) -> None:
         sub.ready = True
         held, sub.held = sub.held, []
-        for payload in held:
-            self.send_frame(payload)
+        for id, payload in held:
+            if id is None or id != self.cache_sent.get(sub.name):  # not sent as cached
+                self.send_frame(payload)
 
     def on_app_message(self, name: str, message: dict[str, Any]) -> None:
         """An app-bus message for channel `name` (see `store.pusher`)."""
@@ -158,13 +162,16 @@ class PusherSocket(Connection):
         sub = self.channels.get(name)
         if sub is None:
             return
+        id = message.get("id")
+        if id is not None and sub.ready and id == self.cache_sent.get(name):
+            return  # it went out as the cached event
         wire = message.get("\x00wire")  # the message dict is shared by local subscribers
         if not isinstance(wire, bytes):
             body = {k: message[k] for k in ("event", "channel", "data", "user_id")
                     if k in message}
             wire = message["\x00wire"] = ws_frame(orjson.dumps(body))
         if not sub.ready:
-            sub.held.append(wire)
+            sub.held.append((id if isinstance(id, str) else None, wire))
         elif self._queued_bytes > MAX_QUEUE_BYTES:
             self.close_too_slow("fell behind on an app channel")
         else:

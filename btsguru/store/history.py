@@ -32,7 +32,7 @@ from typing import Any
 
 import orjson
 
-from btsguru.store.bus import Bus, BusEvent, parse_channel
+from btsguru.store.bus import Bus, BusEvent, covers, parse_channel
 from btsguru.store.redis import Keys, RedisStores
 
 HISTORY_RETENTION_S = 15 * 60  # the contract's window is 10 min; 5 min of margin
@@ -166,6 +166,18 @@ class EventHistory:
         """The id of the newest event: where a new subscriber's replay would start."""
         last = await self._redis.xrevrange(history_key(self._keys, sport), "+", "-", count=1)
         return _text(last[0][0]) if last else None
+
+    async def last_on(self, channel: str, scan: int = READ_BATCH) -> HistoryEvent | None:
+        """The newest event a subscriber of `channel` (a sport's or a league's) got,
+        among the last `scan` of its sport; None when there is none."""
+        sport = parse_channel(channel)[0]
+        entries = await self._redis.xrevrange(history_key(self._keys, sport), "+", "-",
+                                              count=scan)
+        for raw_id, fields in entries or ():
+            event = _entry(sport, _text(raw_id), fields or {})
+            if covers(channel, event.channel):
+                return event
+        return None
 
     async def append(self, sport: str, event: str, channel: str, data: Any) -> HistoryEvent:
         """Append an event that is not a game change (the Pusher HTTP API publishing to

@@ -53,6 +53,7 @@ from redis.exceptions import RedisError
 from btsguru.backoff import Backoff, every
 from btsguru.lifecycle import cancel_tasks
 from btsguru.store.pubsub import listen, publish, sharded
+from btsguru.store.pusher_cache import ChannelCache
 from btsguru.store.redis import Keys, RedisClient
 from btsguru.store.sharded import ShardedChannels
 
@@ -165,6 +166,7 @@ class PusherState:
         self._reap = redis.register_script(_REAP)
         self._reassert = redis.register_script(_REASSERT)
         self._uncount = redis.register_script(_UNCOUNT)
+        self.cache = ChannelCache(redis, keys)  # cache channels' last events
         self._bus_prefix = keys.channel("app", "")
         self._subscribers: dict[str, set[AppCallback]] = {}
         # on Cluster: the channels of this process's listeners, each SSUBSCRIBEd

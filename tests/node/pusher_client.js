@@ -38,6 +38,7 @@ for (const name of opts.channels) {
   channel.bind("pusher:subscription_error", (err) => out({ type: "subscription_error", channel: name, error: err }));
   channel.bind("pusher:member_added", (m) => out({ type: "member_added", channel: name, id: m.id, info: m.info }));
   channel.bind("pusher:member_removed", (m) => out({ type: "member_removed", channel: name, id: m.id }));
+  channel.bind("pusher:cache_miss", () => out({ type: "cache_miss", channel: name }));
   channel.bind_global((event, data) => {
     if (event.startsWith("pusher:") || event.startsWith("pusher_internal:")) return;
     out({ type: "event", channel: name, event, data });

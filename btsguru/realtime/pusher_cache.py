@@ -1,0 +1,68 @@
+"""Cache channels (`cache-*`, `private-cache-*`, `presence-cache-*`): what a new
+subscriber is sent right after `pusher_internal:subscription_succeeded` (PUSHER.md
+section 11, the contract's "Pusher extras").
+
+Where it sits: `realtime.pusher_channels` asks here while it subscribes a socket; the
+answers come from the games store, the event history (through the hub) and the app
+channels' cache (`store.pusher_cache`).
+
+- A game's channel (`cache-sports.football.39.1035037`): the whole current game as
+  `game.snapshot`. The hub sends it as it does on every game channel; only when this
+  socket already follows the game under another name (so no new catch-up runs) is it
+  read and sent here. No game: `pusher:cache_miss`.
+- A sport's or a league's channel (`cache-sports.football.39`): the last event published
+  on it (the newest in the history that it covers), else what the HTTP API published on
+  that very name, else `pusher:cache_miss`.
+- An app channel: the last event the server published on it (30 minutes), else
+  `pusher:cache_miss`. Client events never fill it.
+"""
+
+from __future__ import annotations
+
+import orjson
+
+from btsguru.realtime.catchup import SNAPSHOT_EVENT
+from btsguru.realtime.channels import Channel
+from btsguru.realtime.hub import Hub
+from btsguru.realtime.pusher_protocol import cache_miss_frame, event_data_string, event_frame
+from btsguru.realtime.pusher_socket import PusherSocket
+from btsguru.sports.base import game_to_json
+from btsguru.store.pusher_cache import ChannelCache
+
+
+class CachedEvents:
+    def __init__(self, hub: Hub, cache: ChannelCache) -> None:
+        self._hub = hub
+        self._cache = cache
+
+    async def for_app_channel(self, conn: PusherSocket, name: str) -> bytes:
+        """The frame to send after success on app channel `name`."""
+        cached = await self._cache.cached(name)
+        if cached is None:
+            return cache_miss_frame(name)
+        conn.cache_sent[name] = str(cached.get("id"))
+        data = cached.get("data")
+        data_json = orjson.dumps(data if isinstance(data, str) else "")
+        return event_frame(str(cached.get("event")), name, data_json)
+
+    async def for_game_channel(self, name: str, channel: Channel,
+                               hub_sends_snapshot: bool) -> bytes | None:
+        """The frame to send after success on game channel `name` (None: the hub's
+        `game.snapshot` is the cached event)."""
+        if channel.game_id is not None:
+            game = await self._hub.games.get(channel.sport, channel.game_id)
+            if game is None or (channel.league_id is not None
+                                and game.league.id != channel.league_id):
+                return cache_miss_frame(name)
+            if hub_sends_snapshot:
+                return None
+            data = event_data_string(orjson.dumps(game_to_json(game)))
+            return event_frame(SNAPSHOT_EVENT, name, data)
+        last = await self._hub.history.last_on(channel.name)
+        if last is not None:
+            return event_frame(last.event, name, event_data_string(last.data_json))
+        cached = await self._cache.cached(name)
+        if cached is not None and isinstance(cached.get("data"), str):
+            return event_frame(str(cached.get("event")), name,
+                               orjson.dumps(cached["data"]))
+        return cache_miss_frame(name)
