@@ -31,11 +31,14 @@ from btsguru.setting import (
     parse_choice,
     parse_host,
     parse_int,
+    parse_master_key,
+    parse_names,
     parse_optional_host,
     parse_redis_url,
     parse_secret,
     parse_sports,
     parse_url,
+    parse_url_list,
     setting,
 )
 from btsguru.sports import SPORTS
@@ -53,6 +56,11 @@ API_SPORTS_BASE_URLS: Mapping[str, str] = {
     "baseball": "https://v1.baseball.api-sports.io",
     "american-football": "https://v1.american-football.api-sports.io",
 }
+
+
+# Pusher's webhook events (PUSHER.md section 13), in its order
+WEBHOOK_EVENTS = ("channel_occupied", "channel_vacated", "member_added", "member_removed",
+                  "client_event", "cache_miss", "subscription_count")
 
 
 @dataclass(frozen=True)
@@ -202,6 +210,19 @@ class Config:
     pusher_client_events_per_s: int = setting(
         "PUSHER_CLIENT_EVENTS_PER_S", "10",
         "Client events per second per Pusher connection (more: error 4301).", parse_int(1))
+    pusher_encryption_master_key: Secret = setting(
+        "PUSHER_ENCRYPTION_MASTER_KEY", "",
+        "32 bytes in base64: derives each private-encrypted-* channel's shared_secret, as "
+        "Pusher does (empty: encrypted game channels are refused).",
+        parse_master_key, secret=True)
+    pusher_webhook_urls: tuple[str, ...] = setting(
+        "PUSHER_WEBHOOK_URLS", "",
+        "Comma list of URLs that get Pusher webhooks (empty: none are sent).",
+        parse_url_list("http", "https"))
+    pusher_webhook_events: tuple[str, ...] = setting(
+        "PUSHER_WEBHOOK_EVENTS", "",
+        "Comma list of the webhook events to send (empty: all of "
+        + ", ".join(WEBHOOK_EVENTS) + ").", parse_names(*WEBHOOK_EVENTS))
 
     # -- HTTP limits: every connection, before any handler runs (server.http_server) --
     http_idle_timeout_s: int = setting(

@@ -10,6 +10,7 @@ environment through them; nothing else imports this module.
 
 from __future__ import annotations
 
+import base64
 from collections.abc import Callable
 from dataclasses import field
 from typing import Any
@@ -115,6 +116,45 @@ def parse_redis_url(raw: str) -> str:
     if parts.scheme in ("redis", "rediss") and path and not (path.isdigit() and int(path) <= 15):
         raise ValueError(f"expected a database number 0-15 after the host, got {path!r}")
     return value
+
+
+def parse_master_key(raw: str) -> Secret:
+    """An encryption master key: 32 bytes, base64-encoded (empty: none)."""
+    value = raw.strip()
+    if not value:
+        return Secret("")
+    try:
+        key = base64.b64decode(value, validate=True)
+    except ValueError:
+        raise ValueError("expected 32 bytes in base64 (e.g. `openssl rand -base64 32`), "
+                         "got text that is not base64") from None
+    if len(key) != 32:
+        raise ValueError(f"expected 32 bytes in base64 (e.g. `openssl rand -base64 32`), "
+                         f"got {len(key)} bytes")
+    return Secret(value)
+
+
+def parse_url_list(*schemes: str) -> Callable[[str], tuple[str, ...]]:
+    """A comma list of URLs (empty: none)."""
+    one = parse_url(*schemes, allow_empty=False)
+
+    def parse(raw: str) -> tuple[str, ...]:
+        return tuple(one(part) for part in raw.split(",") if part.strip())
+
+    return parse
+
+
+def parse_names(*allowed: str) -> Callable[[str], tuple[str, ...]]:
+    """A comma list of names, each one of `allowed` (empty: all of them)."""
+    def parse(raw: str) -> tuple[str, ...]:
+        names = tuple(part.strip() for part in raw.split(",") if part.strip())
+        unknown = [name for name in names if name not in allowed]
+        if unknown:
+            raise ValueError(f"unknown {', '.join(unknown)}; expected some of "
+                             f"{', '.join(allowed)}")
+        return names or tuple(allowed)
+
+    return parse
 
 
 def parse_host(raw: str) -> str:

@@ -12,6 +12,7 @@ and an optional `Idempotency-Key` header that makes a retried publish a no-op.
 
 from __future__ import annotations
 
+import base64
 import hmac
 import re
 import time
@@ -25,6 +26,7 @@ from btsguru.handlers.api import ApiHandler
 from btsguru.handlers.base import JsonHandler
 from btsguru.realtime.channels import InvalidChannel, parse_channel
 from btsguru.realtime.hub import Hub
+from btsguru.realtime.pusher_crypto import shared_secret
 from btsguru.realtime.pusher_protocol import (
     CHANNELS_PER_PUBLISH,
     EVENT_DATA_MAX_BYTES,
@@ -36,6 +38,7 @@ from btsguru.realtime.pusher_protocol import (
     game_channel_of,
     http_signature,
     is_cache,
+    is_encrypted,
     is_presence,
     valid_channel,
 )
@@ -91,13 +94,18 @@ class RealtimeAuthHandler(ApiHandler):
                                          "user_info": {"tier": tier.name}}).decode()
             body["channel_data"] = channel_data
         body["auth"] = channel_auth(key, secret, socket_id, name, channel_data)
+        if is_encrypted(name):  # the relay encrypts this channel's events with it
+            master = self.config.pusher_encryption_master_key.reveal()
+            if not master:
+                raise Forbidden("private-encrypted-sports.* channels need "
+                                "PUSHER_ENCRYPTION_MASTER_KEY set on the server")
+            body["shared_secret"] = base64.b64encode(shared_secret(master, name)).decode()
         await self.state.grant(socket_id, name, {
             "user_id": self.principal.user_id, "max_streams": tier.max_streams,
             "client_events": tier.client_events,
             # the subscription lasts only as long as this key (realtime.revocation)
             "key_id": self.principal.key_id})
-        self.write_json({"auth": body["auth"], **({"channel_data": channel_data}
-                                                  if channel_data else {})})
+        self.write_json(body)
 
 
 class PusherApiHandler(JsonHandler):

@@ -24,6 +24,7 @@ import orjson
 from btsguru.realtime.catchup import SNAPSHOT_EVENT
 from btsguru.realtime.channels import Channel
 from btsguru.realtime.hub import Hub
+from btsguru.realtime.pusher_crypto import encrypted_data
 from btsguru.realtime.pusher_protocol import cache_miss_frame, event_data_string, event_frame
 from btsguru.realtime.pusher_socket import PusherSocket
 from btsguru.sports.base import game_to_json
@@ -45,10 +46,10 @@ class CachedEvents:
         data_json = orjson.dumps(data if isinstance(data, str) else "")
         return event_frame(str(cached.get("event")), name, data_json)
 
-    async def for_game_channel(self, name: str, channel: Channel,
+    async def for_game_channel(self, name: str, channel: Channel, secret: bytes | None, *,
                                hub_sends_snapshot: bool) -> bytes | None:
         """The frame to send after success on game channel `name` (None: the hub's
-        `game.snapshot` is the cached event)."""
+        `game.snapshot` is the cached event); `secret`: an encrypted channel's key."""
         if channel.game_id is not None:
             game = await self._hub.games.get(channel.sport, channel.game_id)
             if game is None or (channel.league_id is not None
@@ -56,13 +57,19 @@ class CachedEvents:
                 return cache_miss_frame(name)
             if hub_sends_snapshot:
                 return None
-            data = event_data_string(orjson.dumps(game_to_json(game)))
-            return event_frame(SNAPSHOT_EVENT, name, data)
+            return event_frame(SNAPSHOT_EVENT, name,
+                               _data(orjson.dumps(game_to_json(game)), secret))
         last = await self._hub.history.last_on(channel.name)
         if last is not None:
-            return event_frame(last.event, name, event_data_string(last.data_json))
+            return event_frame(last.event, name, _data(last.data_json, secret))
         cached = await self._cache.cached(name)
         if cached is not None and isinstance(cached.get("data"), str):
             return event_frame(str(cached.get("event")), name,
                                orjson.dumps(cached["data"]))
         return cache_miss_frame(name)
+
+
+def _data(data_json: bytes, secret: bytes | None) -> bytes:
+    """An event's `data` string as written to a game channel (encrypted or not)."""
+    return event_data_string(data_json) if secret is None \
+        else encrypted_data(secret, data_json)

@@ -40,6 +40,7 @@ from btsguru.realtime.channels import Channel, InvalidChannel, parse_channel
 from btsguru.realtime.cursor import Cursor
 from btsguru.realtime.hub import Hub
 from btsguru.realtime.pusher_cache import CachedEvents
+from btsguru.realtime.pusher_crypto import shared_secret
 from btsguru.realtime.pusher_protocol import (
     CLIENT_EVENT_RATE,
     EVENT_DATA_MAX_BYTES,
@@ -139,7 +140,8 @@ class PusherChannels:
             if user_id is not None and member.user_id != str(user_id):
                 raise SubscriptionRefused(name, "channel_data is not this user's", 403)
         sub = PusherSub(name, game, user_id, member, client_events,
-                        channel.sport if channel is not None else None, key_id=key_id)
+                        channel.sport if channel is not None else None, key_id=key_id,
+                        secret=self._channel_key(name) if game is not None else None)
         await self._attach(conn, sub)
         if channel is None or game is None:
             cached = await self.cached.for_app_channel(conn, name) if is_cache(name) else None
@@ -170,7 +172,7 @@ class PusherChannels:
         # a cache channel: the whole game (or the last event), never a replay
         assert sub.game is not None
         shared = any(other in conn.channels for other in conn.aliases.get(sub.game, ()))
-        cached = await self.cached.for_game_channel(sub.name, channel,
+        cached = await self.cached.for_game_channel(sub.name, channel, sub.secret,
                                                     hub_sends_snapshot=not shared)
         return frames + ([cached] if cached is not None else []), None
 
@@ -201,6 +203,17 @@ class PusherChannels:
         elif others:
             return None  # the others are not past a snapshot: resubscribing would repeat it
         return Cursor({channel.sport: position})
+
+    def _channel_key(self, name: str) -> bytes | None:
+        """An encrypted game channel's key (the relay encrypts its events); None for the
+        other game channels. Without a master key the channel is refused."""
+        if not is_encrypted(name):
+            return None
+        master = self.config.pusher_encryption_master_key.reveal()
+        if not master:
+            raise SubscriptionRefused(name, "encrypted game channels need "
+                                      "PUSHER_ENCRYPTION_MASTER_KEY on the server", 403)
+        return shared_secret(master, name)
 
     def _signed(self, conn: PusherSocket, req: SubscribeRequest) -> bool:
         channel_data = req.channel_data if is_presence(req.channel) else None

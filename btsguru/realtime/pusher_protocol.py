@@ -89,9 +89,10 @@ def is_encrypted(name: str) -> bool:
 
 # Cache channels remember their last event (PUSHER.md section 11)
 CACHE_PREFIXES = ("cache-", "private-cache-", "presence-cache-", "private-encrypted-cache-")
-# The Pusher names a game channel goes by: bare, private, presence, and their cache forms
-_GAME_NAME_PREFIXES = ("", "private-", "presence-", "cache-", "private-cache-",
-                       "presence-cache-")
+# The Pusher names a game channel goes by: bare, private, presence, encrypted, and their
+# cache forms (longest first where one prefix starts another)
+_GAME_NAME_PREFIXES = ("", "private-encrypted-cache-", "private-encrypted-", "private-cache-",
+                       "private-", "presence-cache-", "presence-", "cache-")
 
 
 def is_cache(name: str) -> bool:
@@ -100,8 +101,8 @@ def is_cache(name: str) -> bool:
 
 def game_channel_of(name: str) -> str | None:
     """The game channel behind a Pusher name (`sports.x`, `private-sports.x`,
-    `presence-sports.x` and their `cache-` forms -> `sports.x`), or None for an app's
-    own channel."""
+    `presence-sports.x`, `private-encrypted-sports.x` and their `cache-` forms ->
+    `sports.x`), or None for an app's own channel."""
     for prefix in _GAME_NAME_PREFIXES:
         if name.startswith(prefix + GAME_PREFIX):
             return name[len(prefix):]

@@ -30,6 +30,7 @@ from btsguru.realtime.connection import (
     TokenBucket,
 )
 from btsguru.realtime.frames import ws_frame
+from btsguru.realtime.pusher_crypto import encrypted_data
 from btsguru.realtime.pusher_protocol import (
     CLIENT_EVENTS_PER_S,
     RECONNECT,
@@ -61,6 +62,7 @@ class PusherSub:
     # events up to this history position were already written under this name (a second
     # name of a game channel resubscribed the hub channel to replay for itself)
     floor: tuple[int, int] | None = None
+    secret: bytes | None = None  # an encrypted game channel's key: events go out encrypted
     ready: bool = False  # subscription_succeeded sent: app-bus messages may follow
     held: list[tuple[str | None, bytes]] = field(default_factory=list)  # (id, frame)
 
@@ -121,7 +123,8 @@ class PusherSocket(Connection):
         parts = []
         pos = None
         for name in sorted(self.aliases.get(sub_name, ())):
-            floor = self.channels[name].floor if name in self.channels else None
+            pusher_sub = self.channels.get(name)
+            floor = pusher_sub.floor if pusher_sub is not None else None
             if floor is not None:
                 if pos is None:
                     with contextlib.suppress(ValueError):  # a snapshot's: not a position
@@ -131,7 +134,10 @@ class PusherSocket(Connection):
             key = ("pusher", name)
             wire = shared.get(key)
             if wire is None:
-                wire = shared[key] = ws_frame(event_frame(event.event, name, data))
+                secret = pusher_sub.secret if pusher_sub is not None else None
+                wire = shared[key] = ws_frame(event_frame(
+                    event.event, name,
+                    data if secret is None else encrypted_data(secret, event.data_json)))
             parts.append(wire)
         return b"".join(parts)
 

@@ -1,13 +1,24 @@
 // A stock pusher-js client for the Pusher endpoint tests: connects with the options a
 // Laravel Echo app would use, subscribes to the channels given, and prints what it
 // receives as JSON lines on stdout. Usage: node pusher_client.js '<json options>'
-//   {"host", "port", "key", "channels": [...], "authEndpoint"?, "apiKey"?}
+//   {"host", "port", "key", "channels": [...], "authEndpoint"?, "apiKey"?, "backend"?}
 // It runs until killed; "unsubscribe NAME" or "disconnect" on stdin act on the client.
 "use strict";
 const Pusher = require("pusher-js");
 
 const opts = JSON.parse(process.argv[2]);
 const out = (obj) => process.stdout.write(JSON.stringify(obj) + "\n");
+
+const authEndpoint = opts.authEndpoint || `http://${opts.host}:${opts.port}/broadcasting/auth`;
+// With `backend` ({appId, secret, encryptionMasterKeyBase64?}), the app's own private
+// channels are signed as a Laravel backend would, with the official server SDK; game
+// channels still go to btsguru's endpoint with the API key.
+const backend = opts.backend && new (require("pusher"))({
+  appId: opts.backend.appId, key: opts.key, secret: opts.backend.secret,
+  ...(opts.backend.encryptionMasterKeyBase64
+    ? { encryptionMasterKeyBase64: opts.backend.encryptionMasterKeyBase64 } : {}),
+});
+const isGame = (name) => /^(private-|presence-)?(encrypted-)?(cache-)?sports\./.test(name);
 
 const pusher = new Pusher(opts.key, {
   wsHost: opts.host,
@@ -16,8 +27,24 @@ const pusher = new Pusher(opts.key, {
   enabledTransports: ["ws"],
   disableStats: true,
   cluster: "mt1",
-  channelAuthorization: {
-    endpoint: opts.authEndpoint || `http://${opts.host}:${opts.port}/broadcasting/auth`,
+  nacl: require("tweetnacl"),  // for private-encrypted-* channels
+  channelAuthorization: backend ? {
+    customHandler: ({ socketId, channelName }, callback) => {
+      if (!isGame(channelName)) {
+        callback(null, backend.authorizeChannel(socketId, channelName));
+        return;
+      }
+      fetch(authEndpoint, {
+        method: "POST",
+        headers: { "Content-Type": "application/x-www-form-urlencoded",
+                   ...(opts.apiKey ? { "X-API-Key": opts.apiKey } : {}) },
+        body: new URLSearchParams({ socket_id: socketId, channel_name: channelName }),
+      }).then(async (r) => r.ok ? callback(null, await r.json())
+                                : callback(new Error(`auth ${r.status}: ${await r.text()}`), null),
+              (e) => callback(e, null));
+    },
+  } : {
+    endpoint: authEndpoint,
     transport: "ajax",
     headers: opts.apiKey ? { "X-API-Key": opts.apiKey } : {},
   },
