@@ -200,6 +200,9 @@ def purge_redis_prefix(env: dict[str, str]) -> None:
     that the next runs share and SCAN."""
     import redis
 
+    if env.get("REDIS_SENTINELS") or env.get("REDIS_CLUSTER_NODES") or env.get(
+            "REDIS_URL") == "":
+        return  # a Sentinel set or a Cluster of the scenario's own: thrown away whole
     url = env.get("REDIS_URL", "redis://127.0.0.1:6379/0")
     prefix = env["REDIS_CACHE_PREFIX"]
     dbs = {int(env.get(name, default)) for name, default in (

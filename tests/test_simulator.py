@@ -15,6 +15,8 @@ import time
 import pytest
 
 from btsguru.simulator import SimulatorOptions, run_simulator, start_simulator
+from btsguru.simulator.quota import SportQuota
+from btsguru.sports import SPORTS
 from tests.cli_helpers import free_port
 from tests.simulator_helpers import control, fetch, get_json, running, status_of, utc_day
 from tests.waiting import wait_until
@@ -313,6 +315,32 @@ async def test_minute_quota_answers_429_with_rate_limit():
         assert response.headers["x-ratelimit-requests-remaining"] == str(1_000_000 - 2)
 
 
+async def test_stats_show_the_busiest_minute_and_the_quota_refusals_per_sport():
+    async with running(quota_minute=2, quota_day=4) as server:
+        codes = [(await fetch(server, "/hockey/games?date=2026-01-01")).code for _ in range(3)]
+        await fetch(server, "/hockey/status")  # never counts against the quota
+        await fetch(server, "/baseball/games?date=2026-01-01")
+        _, stats = await control(server, "stats")
+        assert codes == [200, 200, 429]
+        # the refused request was sent all the same: it counts in the busiest window
+        assert stats["by_sport"]["hockey"] == {"max_per_60s": 3, "refused_quota": 1}
+        assert stats["by_sport"]["baseball"] == {"max_per_60s": 1, "refused_quota": 0}
+        assert stats["by_sport"]["football"] == {"max_per_60s": 0, "refused_quota": 0}
+
+
+def test_the_busiest_window_slides_over_any_60_seconds_and_day_refusals_count():
+    quota = SportQuota(day_limit=6, minute_limit=100)
+    peaks = []
+    for at in (0.0, 10.0, 50.0, 65.0, 70.0):  # at 70 the request of 10 has left the window
+        assert quota.take(1_000_000 + at) is None
+        peaks.append(quota.stats()["max_per_60s"])
+    assert peaks == [1, 2, 3, 3, 3]
+    assert quota.take(1_000_109.0) is None  # (49, 109]: 50, 65, 70 and 109
+    assert quota.stats() == {"max_per_60s": 4, "refused_quota": 0}
+    assert quota.take(1_000_200.0) == "day"  # the seventh of a day of six
+    assert quota.stats() == {"max_per_60s": 4, "refused_quota": 1}
+
+
 # --- faults -----------------------------------------------------------------------------
 
 
@@ -407,15 +435,23 @@ async def test_stats_count_every_upstream_request_and_reset_clears_them():
         await fetch(server, "/hockey/games?date=2026-01-01")  # faulted
         await fetch(server, "/hockey/standings?league=57&season=2025")
         _, stats = await control(server, "stats")
+        quota_seen = stats.pop("by_sport")
         assert stats == {"requests": 4, "by_path": {"/football/fixtures": 2,
                                                     "/hockey/games": 1,
                                                     "/hockey/standings": 1}}
+        # the token error and the fault never reached the quota
+        assert quota_seen["football"] == {"max_per_60s": 1, "refused_quota": 0}
+        assert quota_seen["hockey"] == {"max_per_60s": 1, "refused_quota": 0}
         await control(server, "advance", {"seconds": 3600})
         await control(server, "fault", {"mode": "500", "count": 5})
         _, clock = await control(server, "clock")
         assert clock["offset_s"] >= 3600
         assert await control(server, "reset") == (200, {"reset": True})
-        assert (await control(server, "stats"))[1] == {"requests": 0, "by_path": {}}
+        _, stats = await control(server, "stats")
+        assert {k: stats[k] for k in ("requests", "by_path")} == {"requests": 0, "by_path": {}}
+        assert set(stats["by_sport"]) == set(SPORTS)
+        assert all(seen == {"max_per_60s": 0, "refused_quota": 0}
+                   for seen in stats["by_sport"].values())
         assert abs((await control(server, "clock"))[1]["offset_s"]) < 5
         assert (await get_json(server, "/football/fixtures?live=all"))[0] == 200  # no fault
 

@@ -30,6 +30,11 @@ class SportQuota:
         self._day = ""
         self.day_used = 0
         self._minute_log: deque[float] = deque()
+        # what the upstream saw, for tests that check a client kept to the budget: every
+        # request the quota was asked about (served or refused), in the last 60 s...
+        self._asked_log: deque[float] = deque()
+        self.peak_minute = 0  # ...the most of them in any 60-second window...
+        self.refused = 0  # ...and how many were refused because a budget was spent
 
     def _roll(self, now: float) -> None:
         day = datetime.fromtimestamp(now, UTC).strftime("%Y-%m-%d")
@@ -43,13 +48,32 @@ class SportQuota:
     def take(self, now: float) -> str | None:
         """Count one request; or say which budget is spent ("day", "minute") and count nothing."""
         self._roll(now)
+        self._asked(now)
         if self.day_used >= self.day_limit:
+            self.refused += 1
             return "day"
         if len(self._minute_log) >= self.minute_limit:
+            self.refused += 1
             return "minute"
         self.day_used += 1
         self._minute_log.append(now)
         return None
+
+    def _asked(self, now: float) -> None:
+        """One more request asked of the budget: the busiest 60-second window so far (a
+        window holding the most requests ends on one of them, so checking at each one
+        finds it; the window is (t - 60 s, t], as the minute budget's)."""
+        log = self._asked_log
+        while log and log[0] <= now - MINUTE_S:
+            log.popleft()
+        log.append(now)
+        self.peak_minute = max(self.peak_minute, len(log))
+
+    def stats(self) -> dict[str, int]:
+        """`max_per_60s`: the most requests asked of the budget in any 60-second window
+        (refused ones included: the client sent them); `refused_quota`: how many were
+        refused because the day's or the minute's budget was spent."""
+        return {"max_per_60s": self.peak_minute, "refused_quota": self.refused}
 
     def used_today(self, now: float) -> int:
         self._roll(now)

@@ -119,7 +119,10 @@ class Simulator:
         self.by_path[path] = self.by_path.get(path, 0) + 1
 
     def stats(self) -> dict[str, Any]:
-        return {"requests": self.requests, "by_path": dict(self.by_path)}
+        """Every upstream request served (`requests`, `by_path`), and per sport what its
+        quota saw (`SportQuota.stats`: the busiest 60-second window, the refusals)."""
+        return {"requests": self.requests, "by_path": dict(self.by_path),
+                "by_sport": {sport: quota.stats() for sport, quota in self.quotas.items()}}
 
     def make_app(self) -> tornado.web.Application:
         deps = {"sim": self}
