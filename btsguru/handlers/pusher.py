@@ -73,6 +73,7 @@ from btsguru.realtime.pusher_protocol import (
     subscription_error,
 )
 from btsguru.realtime.pusher_socket import PusherSocket
+from btsguru.realtime.pusher_users import PusherUsers
 from btsguru.store.pusher import PusherState
 
 log = logging.getLogger(__name__)
@@ -123,6 +124,7 @@ class PusherHandler(tornado.websocket.WebSocketHandler):
         # the rules hold no state of their own (a socket's is in its connection): built
         # per handler from the services the route passes, like the handler itself
         self.channels = PusherChannels(hub, state, config)
+        self.users = PusherUsers(state, config)
         self.conn: PusherConnection | None = None
         self._heard_at = time.monotonic()
         self._pinged_at: float | None = None
@@ -265,6 +267,8 @@ class PusherHandler(tornado.websocket.WebSocketHandler):
             await self.channels.unsubscribe(conn, data["channel"])
         elif event.startswith("client-"):
             await self.channels.client_event(conn, event, request.channel, request.data)
+        elif event == "pusher:signin":
+            await self.users.signin(conn, request.data)
         else:
             raise PusherProtocolError(f"Unsupported event {event[:60]!r}")
 
@@ -280,3 +284,5 @@ class PusherHandler(tornado.websocket.WebSocketHandler):
             self._keepalive = None
         self.hub.unregister(conn)
         self.channels.closed(conn)
+        if conn.signed_in is not None:
+            self.state.spawn(self.users.closed(conn), f"sign-out of {conn.socket_id}")

@@ -33,6 +33,7 @@ from btsguru.realtime.pusher_protocol import (
     EVENT_NAME_MAX_LENGTH,
     EVENTS_PER_BATCH,
     TIMESTAMP_WINDOW_S,
+    USER_ID_MAX_LENGTH,
     body_md5,
     channel_auth,
     game_channel_of,
@@ -40,8 +41,10 @@ from btsguru.realtime.pusher_protocol import (
     is_cache,
     is_encrypted,
     is_presence,
+    user_auth,
     valid_channel,
 )
+from btsguru.realtime.pusher_users import SIGNIN_GRANT, terminate_message, user_channel
 from btsguru.store.history import EventHistory
 from btsguru.store.pusher import PusherState
 
@@ -106,6 +109,35 @@ class RealtimeAuthHandler(ApiHandler):
             # the subscription lasts only as long as this key (realtime.revocation)
             "key_id": self.principal.key_id})
         self.write_json(body)
+
+
+class UserAuthHandler(ApiHandler):
+    """Signs `pusher:signin` for the caller's user (pusher-js's `userAuthentication`
+    endpoint): `user_data` is made here, `{"id": "<user id>", "user_info": {...}}`, so a
+    client with an API key signs in as its own user and no other."""
+
+    route_kind: ClassVar[str] = "other"
+    required_scope: ClassVar[str] = "realtime-auth"
+
+    def initialize(self, access: Any, state: PusherState,  # type: ignore[override]
+                   config: Config) -> None:
+        super().initialize(access)
+        self.state = state
+        self.config = config
+
+    async def post(self) -> None:
+        assert self.principal is not None
+        socket_id = self.get_body_argument("socket_id", "").strip()
+        if not SOCKET_ID_RE.match(socket_id):
+            raise BadRequest("socket_id: expected the socket id Pusher gave the client")
+        user_data = orjson.dumps({"id": str(self.principal.user_id),
+                                  "user_info": {"tier": self.principal.tier.name}}).decode()
+        await self.state.grant(socket_id, SIGNIN_GRANT, {
+            "user_id": self.principal.user_id, "key_id": self.principal.key_id})
+        self.write_json({"auth": user_auth(self.config.reverb_app_key,
+                                           self.config.reverb_app_secret.reveal(),
+                                           socket_id, user_data),
+                         "user_data": user_data})
 
 
 class PusherApiHandler(JsonHandler):
@@ -275,6 +307,17 @@ class ChannelUsersHandler(PusherApiHandler):
         self.write_json({"users": [{"id": uid} for uid in await self.state.members(name)]})
 
 
+class TerminateHandler(PusherApiHandler):
+    """`terminateUserConnections`: every socket signed in as the user, on every process,
+    gets 4009 (an unknown user or one with no socket: nothing to do, `{}` all the same)."""
+
+    async def post(self, app_id: str, user_id: str) -> None:
+        if not user_id or len(user_id) > USER_ID_MAX_LENGTH:
+            raise BadRequest(f"user id: 1 to {USER_ID_MAX_LENGTH} characters")
+        await self.state.publish(user_channel(user_id), terminate_message(user_id))
+        self.write_json({})
+
+
 def pusher_http_routes(hub: Hub, state: PusherState, history: EventHistory, config: Config,
                        access: Any) -> list[Any]:
     api = {"hub": hub, "state": state, "history": history, "config": config}
@@ -283,10 +326,13 @@ def pusher_http_routes(hub: Hub, state: PusherState, history: EventHistory, conf
     return [
         (r"/v1/realtime/auth", RealtimeAuthHandler, auth),
         (r"/broadcasting/auth", RealtimeAuthHandler, auth),
+        (r"/v1/realtime/user-auth", UserAuthHandler,
+         {"access": access, "state": state, "config": config}),
         (app + r"/events", EventsHandler, api),
         (app + r"/batch_events", BatchEventsHandler, api),
         (app + r"/channels", ChannelsHandler, api),
         (app + r"/channels/(?P<name>[^/]+)", ChannelHandler, api),
         (app + r"/channels/(?P<name>[^/]+)/users", ChannelUsersHandler, api),
+        (app + r"/users/(?P<user_id>[^/]+)/terminate_connections", TerminateHandler, api),
     ]
 

@@ -15,7 +15,7 @@ endpoint renders (`SubscriptionRefused`, `ConnectionRefused`, `PusherProtocolErr
 - Any other valid name is an app channel (a Laravel app's own); its private and presence
   forms are signed by the app's backend with the app secret. Their events, presence
   announcements and client events travel on the app bus.
-- `#server-to-user-*` channels are refused: they need `pusher:signin`, not offered.
+- `#server-to-user-{id}`: only for a socket signed in as `{id}` (`realtime.pusher_users`).
 - Limits: a private or presence game channel takes a stream slot of the user it was
   authorized for (the tier's `max_streams`; over it: error and close 4100, so clients
   retry after a second); `PUSHER_MAX_SUBSCRIPTIONS` channels of any kind per socket
@@ -114,11 +114,11 @@ class PusherChannels:
         if len(conn.channels) >= limit:  # app channels too: each holds a listener and a count
             raise SubscriptionRefused(name, f"at most {limit} channels per connection",
                                       403, "LimitReached")
-        if is_user_channel(name):
-            # reserved for the signed-in user it names (PUSHER.md section 11); without
-            # pusher:signin (not offered) any client could read another user's events
-            raise SubscriptionRefused(name, "#server-to-user- channels need pusher:signin, "
-                                      "which this server does not offer", 403)
+        if is_user_channel(name) and not (
+                conn.signed_in is not None and name == "#server-to-user-" + conn.signed_in):
+            # reserved for the signed-in user it names (PUSHER.md section 11)
+            raise SubscriptionRefused(name, "#server-to-user- channels are for the user "
+                                      "signed in with pusher:signin as that user", 403)
         if is_private(name) and not self._signed(conn, req):
             raise SubscriptionRefused(name, "Invalid signature", 401)
         game = game_channel_of(name)

@@ -43,6 +43,10 @@ from btsguru.realtime.pusher_protocol import (
 from btsguru.store.bus import BusEvent
 from btsguru.store.history import parse_stream_id
 
+# A user's channel on the app bus carries this to end the user's sockets
+# (`realtime.pusher_users`, which publishes it from the HTTP API)
+TERMINATE_EVENT = "pusher_internal:terminate_connections"
+
 # The native transport's close codes mean "give up" to a Pusher client (4001-4099);
 # these become Pusher's "reconnect now".
 _RECONNECT_CODES = {CLOSE_TOO_SLOW, CLOSE_RESTARTING}
@@ -81,6 +85,8 @@ class PusherSocket(Connection):
         # hub channel -> (Pusher name, its success and what follows it: a cached event)
         self.pending: dict[str, list[tuple[str, list[bytes]]]] = {}
         self.cache_sent: dict[str, str] = {}  # app channel -> id of the cached event sent
+        self.signed_in: str | None = None  # the user id of pusher:signin
+        self.signin_key: tuple[int, int] | None = None  # (user, key) of an API-key sign-in
         self.user_slots: set[int] = set()
         self.client_bucket = TokenBucket(client_events_per_s, client_events_per_s)
         self.listeners: dict[str, Any] = {}
@@ -97,12 +103,23 @@ class PusherSocket(Connection):
         return out
 
     def key_ids(self) -> set[int]:
-        """The keys that authorized this socket's private and presence game channels."""
-        return {sub.key_id for sub in self.channels.values() if sub.key_id}
+        """The keys that authorized this socket's private and presence game channels, and
+        its sign-in."""
+        keys = {sub.key_id for sub in self.channels.values() if sub.key_id}
+        return keys | {self.signin_key[1]} if self.signin_key else keys
 
     def user_ids(self) -> set[int]:
-        return {sub.user_id for sub in self.channels.values()
-                if sub.key_id and sub.user_id is not None}
+        users = {sub.user_id for sub in self.channels.values()
+                 if sub.key_id and sub.user_id is not None}
+        return users | {self.signin_key[0]} if self.signin_key else users
+
+    def on_user_message(self, message: dict[str, Any]) -> None:
+        """The signed-in user's channel on the app bus: a terminate ends this socket."""
+        if message.get("event") == TERMINATE_EVENT and not self.closed:
+            message_text = "Connection terminated: the app's backend ended this user's " \
+                           "connections"
+            self.send(error_frame(UNAUTHORIZED, message_text))
+            self.close(UNAUTHORIZED, message_text[:100])
 
     def revoked(self) -> None:
         """As Pusher ends a terminated user's connections: error, then close, 4009."""
@@ -171,6 +188,8 @@ class PusherSocket(Connection):
         id = message.get("id")
         if id is not None and sub.ready and id == self.cache_sent.get(name):
             return  # it went out as the cached event
+        if message.get("event") == TERMINATE_EVENT:
+            return  # for `on_user_message`, not for the client
         wire = message.get("\x00wire")  # the message dict is shared by local subscribers
         if not isinstance(wire, bytes):
             body = {k: message[k] for k in ("event", "channel", "data", "user_id")

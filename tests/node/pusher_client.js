@@ -1,7 +1,8 @@
 // A stock pusher-js client for the Pusher endpoint tests: connects with the options a
 // Laravel Echo app would use, subscribes to the channels given, and prints what it
 // receives as JSON lines on stdout. Usage: node pusher_client.js '<json options>'
-//   {"host", "port", "key", "channels": [...], "authEndpoint"?, "apiKey"?, "backend"?}
+//   {"host", "port", "key", "channels": [...], "authEndpoint"?, "apiKey"?, "backend"?,
+//    "signin"?, "userAuthEndpoint"?, "userData"? (with backend: the user it signs, an object)}
 // It runs until killed; "unsubscribe NAME" or "disconnect" on stdin act on the client.
 "use strict";
 const Pusher = require("pusher-js");
@@ -28,6 +29,16 @@ const pusher = new Pusher(opts.key, {
   disableStats: true,
   cluster: "mt1",
   nacl: require("tweetnacl"),  // for private-encrypted-* channels
+  // pusher.signin(): `userAuthEndpoint` (btsguru's, with the API key) or, with
+  // `backend`, the app's own backend signing user_data it chose
+  userAuthentication: backend && opts.userData ? {
+    customHandler: ({ socketId }, callback) =>
+      callback(null, backend.authenticateUser(socketId, opts.userData)),
+  } : {
+    endpoint: opts.userAuthEndpoint || `http://${opts.host}:${opts.port}/v1/realtime/user-auth`,
+    transport: "ajax",
+    headers: opts.apiKey ? { "X-API-Key": opts.apiKey } : {},
+  },
   channelAuthorization: backend ? {
     customHandler: ({ socketId, channelName }, callback) => {
       if (!isGame(channelName)) {
@@ -51,6 +62,18 @@ const pusher = new Pusher(opts.key, {
 });
 
 pusher.connection.bind("state_change", (s) => out({ type: "state", state: s.current }));
+// the protocol messages a test may wait on (sign-in, errors, internal subscriptions)
+pusher.connection.bind("message", (m) => {
+  if (m.event === "pusher:signin_success" || m.event === "pusher:error"
+      || (m.event === "pusher_internal:subscription_succeeded" && m.channel.startsWith("#")))
+    out({ type: "message", event: m.event, channel: m.channel, data: m.data });
+});
+if (opts.signin) {
+  pusher.user.bind_global((event, data) => {
+    if (!event.startsWith("pusher")) out({ type: "user_event", event, data });
+  });
+  pusher.signin();
+}
 pusher.connection.bind("connected", () =>
   out({ type: "connected", socket_id: pusher.connection.socket_id }));
 pusher.connection.bind("error", (e) => out({ type: "error", error: e && (e.data || e.error || String(e)) }));
