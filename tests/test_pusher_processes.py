@@ -266,3 +266,60 @@ async def test_pusher_js_resumes_on_the_other_process_after_a_drop_and_a_crash(
         await proxy.close()
         await store.aclose()
         await publisher.close()
+
+
+async def test_a_drained_process_sends_pusher_js_to_another_at_once_with_no_gap(
+        cluster_config, pusher_js):
+    """SIGTERM (a deploy): the Pusher sockets are closed with 4200, which pusher-js takes
+    as "reconnect now"; through the balancer it lands on the other process and its
+    private and presence channels resume from where they were, nothing missed."""
+    config, keys = cluster_config
+    states = match(3011)
+    publisher = Publisher(config)
+    proxy = Proxy()
+    await proxy.start()
+    client = None
+    try:
+        with servers(config, 2) as started:
+            (a, process_a), (b, _process_b) = started
+            proxy.target = a
+            client = await NodeClient.start(pusher_js, node(proxy.port, config),
+                                            [PRIVATE, PRESENCE], keys["pro"])
+            witness = await PusherClient.connect(node(a, config))  # sees the close code
+            for name in (PRIVATE, PRESENCE):
+                await client.wait(lambda m, n=name: m.get("channel") == n
+                                  and m["type"] == "subscribed")
+
+            async def until_seq(seq: int) -> None:
+                for name in (PRIVATE, PRESENCE):
+                    await client.wait(lambda m, n=name: m["type"] == "event" and
+                                      m["channel"] == n and m["data"].get("seq") == seq,
+                                      timeout_s=3 * TIMEOUT_S)
+
+            published = await publisher.play(states[:3])
+            await until_seq(published)
+            proxy.target = b  # the balancer's next connections go to B
+            mark = len(client.lines)
+            process_a.send_signal(signal.SIGTERM)
+            assert await witness.closed() == 4200  # Pusher's "reconnect immediately"
+            dropped = await client.wait(lambda m: m["type"] == "state" and m["state"]
+                                        != "connected" and any(
+                                            line is m for line in client.lines[mark:]))
+            back = await client.wait(lambda m: m["type"] == "connected" and any(
+                line is m for line in client.lines[client.lines.index(dropped):]))
+            reconnect_lines = client.lines[client.lines.index(dropped):
+                                           client.lines.index(back)]
+            # straight back, no "unavailable" wait
+            assert "unavailable" not in [m.get("state") for m in reconnect_lines]
+            published += await publisher.play(states[3:6])
+            await until_seq(published)
+            for name in (PRIVATE, PRESENCE):
+                seqs = [m["data"]["seq"] for m in client.lines if m["type"] == "event"
+                        and m["channel"] == name and m["event"] != "game.snapshot"]
+                assert seqs == list(range(1, published + 1)), (name, seqs)
+            assert not [m for m in client.lines if m.get("event") == "game.snapshot"]
+    finally:
+        if client is not None:
+            await client.stop()
+        await proxy.close()
+        await publisher.close()
