@@ -23,6 +23,8 @@ import pytest
 LONGEST_FIRST = (  # module, seconds of its tests on one worker
     "tests/chaos/test_upstream_chaos.py",  # 253
     "tests/test_bench.py",  # 134 (six scenarios)
+    "tests/test_multihost.py",  # 120 (2,000 clients on Sentinel, 250 on Cluster, nginx)
+    "tests/chaos/test_topology_chaos.py",  # 100 (a Sentinel set and a Cluster, killed)
     "tests/test_bench_fanout.py",  # 116
     "tests/chaos/test_redis_chaos.py",  # 100
     "tests/test_bench_soak.py",  # 80
