@@ -503,3 +503,29 @@ async def test_a_connection_that_talks_is_not_pinged(tmp_path):
             await asyncio.sleep(0.1)
         assert kinds == {"pong"}
         await ws.close()
+
+
+async def test_a_drain_gives_the_slots_back_before_it_tells_clients_to_go(tmp_path):
+    """A client at its tier's stream limit that is told to reconnect (1012) must find its
+    slot free on the next process, not be refused as over the limit (4008)."""
+    async with relay(tmp_path) as r:
+        hub = r.services.hub
+        ws = await WsClient.connect(r.ws_url, r.keys["free"])
+        await ws.subscribe("sports.football")
+        assert (await ws.recv())["op"] == "subscribed"
+        assert sum(hub.slots.local.values()) == 1
+        held_at_close: list[int] = []
+        for conn in list(hub.connections.values()):
+            close = conn.close
+
+            def spy(code: int, reason: str, close=close) -> None:
+                held_at_close.append(sum(hub.slots.local.values()))
+                close(code, reason)
+
+            conn.close = spy  # type: ignore[method-assign]
+        await hub.drain()
+        assert held_at_close == [0]
+        assert await ws.closed() == 1012
+        user = await r.services.users.get_by_email("free@example.com")
+        assert user is not None
+        assert await r.services.redis.reverb.hgetall(hub.slots._user_key(user.id)) == {}

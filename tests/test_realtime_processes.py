@@ -11,6 +11,7 @@ import uuid
 from pathlib import Path
 
 import pytest
+import redis.asyncio as aioredis
 
 from btsguru.app import open_services
 from btsguru.db import connect_database
@@ -185,29 +186,37 @@ async def test_sigterm_closes_streams_1012_and_clients_resume_elsewhere(tmp_path
     migrate_file(config)
     async with open_services(config) as services:
         keys = await make_users(services)
+        free = await services.users.get_by_email("free@example.com")
+        assert free is not None
     publisher = Publisher(config)
+    slots = aioredis.Redis(host="127.0.0.1", port=6379, db=config.redis_reverb_db)
+    slot_key = Keys(config.redis_cache_prefix).key("streams", "user", free.id)
     try:
         with servers(config, 2) as started:
             (a, process_a), (b, _process_b) = started
-            ws = await WsClient.connect(ws_url(a), keys["pro"])
+            # the free tier's two streams, both on A: the user is at its limit
+            ws = await WsClient.connect(ws_url(a), keys["free"])
             await ws.subscribe("sports.football")
             await ws.recv()
-            sse = await SseClient.connect(http_url(a), keys["pro"], "sports.football")
+            sse = await SseClient.connect(http_url(a), keys["free"], "sports.football")
             states = match(3005)
             await publisher.play(states[:3])
             got = events(await ws.recv_until(lambda m: m.get("event") == "game.event"))
             sse_got = await sse.events_until(lambda e: e["event"] == "game.event")
             process_a.send_signal(signal.SIGTERM)
             assert await ws.closed(timeout_s=15) == 1012
+            # A gave the user's slots back before it told the clients to go: they find
+            # them free on B at once, not refused as over the tier's limit
+            assert await slots.hgetall(slot_key) == {}
             assert await sse.next_event(timeout_s=15) is None
             await sse.close()
+            ws = await WsClient.connect(ws_url(b), keys["free"])
+            await ws.subscribe("sports.football", since=got[-1]["id"])
+            sse = await SseClient.connect(http_url(b), keys["free"], "sports.football",
+                                          last_event_id=sse_got[-1]["id"])
             assert await asyncio.to_thread(process_a.wait, 30) == 0
             await publisher.play(states[3:])
-            ws = await WsClient.connect(ws_url(b), keys["pro"])
-            await ws.subscribe("sports.football", since=got[-1]["id"])
             got += events(await ws.recv_until(finished))
-            sse = await SseClient.connect(http_url(b), keys["pro"], "sports.football",
-                                          last_event_id=sse_got[-1]["id"])
             sse_got += await sse.events_until(finished)
             for seen in (got, sse_got):
                 seqs = [e["data"]["seq"] for e in seen]
@@ -215,6 +224,7 @@ async def test_sigterm_closes_streams_1012_and_clients_resume_elsewhere(tmp_path
             ws.close()
             await sse.close()
     finally:
+        await slots.aclose()
         await publisher.close()
         purge_redis_prefix(config)
 

@@ -107,6 +107,8 @@ class Hub:
         random.shuffle(conns)
         if conns:
             log.info("hub: draining %d connections", len(conns))
+            if self._started:  # their slots first, so they find them free elsewhere
+                await self.slots.surrender()
         for at in range(0, len(conns), DRAIN_BATCH):
             for conn in conns[at:at + DRAIN_BATCH]:
                 conn.close(CLOSE_RESTARTING, "server restarting: reconnect and resume")

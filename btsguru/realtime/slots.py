@@ -242,8 +242,17 @@ class StreamSlots:
                 self._alive_until[proc] = until
         return {proc for proc, alive in zip(procs, found, strict=True) if not alive}
 
+    async def surrender(self) -> None:
+        """Give back every slot of this process at once (a drain, before its clients are
+        told to reconnect elsewhere: at their tier's limit, they must find their slots
+        free there); the connections' own releases then have nothing left to give."""
+        await self._give_back(stop=False)
+
     async def close(self) -> None:
         """Give back every slot of this process and stop proving it alive."""
+        await self._give_back(stop=True)
+
+    async def _give_back(self, *, stop: bool) -> None:
         users, self.local = list(self.local), Counter()
         if self._flusher is not None:
             with contextlib.suppress(asyncio.CancelledError, RedisError, OSError):
@@ -252,8 +261,9 @@ class StreamSlots:
             async with self._redis.pipeline(transaction=False) as pipe:
                 for user_id in users:
                     pipe.hdel(self._user_key(user_id), self.process_id)
-                pipe.delete(self._proc_prefix + self.process_id)
+                if stop:
+                    pipe.delete(self._proc_prefix + self.process_id)
                 await pipe.execute()
         except (RedisError, OSError) as exc:
-            log.warning("stream slots not released at shutdown (they expire in %d s): %s",
-                        self.ttl_s, exc)
+            log.warning("stream slots not given back (they expire in %d s once this "
+                        "process stops): %s", self.ttl_s, exc)
