@@ -6,7 +6,8 @@ from __future__ import annotations
 import argparse
 import importlib
 
-SCENARIOS = ("rest_hits", "normalize", "pollers", "fanout", "bandwidth", "economy", "e2e", "soak")
+SCENARIOS = ("rest_hits", "normalize", "pollers", "fanout", "bandwidth", "economy", "e2e", "soak",
+             "topologies")
 
 
 def main() -> None:

@@ -70,6 +70,12 @@ class Case:
     clients: int
     processes: int = 1
     deflate: bool = False
+    # btsguru settings over the row's own (environment variables; `bench.topologies`
+    # points the server at a Sentinel set or a Cluster this way)
+    settings: tuple[tuple[str, str], ...] = ()
+    # with a DATABASE_URL in `settings`: the key of a user `bench_user` made there already
+    # (rows that share one database skip making it again)
+    api_key: str = ""
 
 
 # -- servers --
@@ -93,8 +99,8 @@ def _btsguru_env() -> dict[str, str]:
 
 
 def start_btsguru(group: Processes, case: Case) -> Server:
-    env = _btsguru_env()
-    key = bench_user(env, "fanout@example.com", max_streams=10**6)
+    env = {**_btsguru_env(), **dict(case.settings)}
+    key = case.api_key or bench_user(env, "fanout@example.com", max_streams=10**6)
     port = free_port()
     process = group.start([sys.executable, "-m", "btsguru", "serve", "--port", str(port),
                            "--processes", str(case.processes), "--no-pollers"], env=env)
@@ -197,7 +203,10 @@ async def publish(env: dict[str, str], events: int, spacing_s: float) -> dict[in
     return sent
 
 
-def measure(case: Case, events: int, per_process: int) -> dict[str, Any]:
+def measure(case: Case, events: int, per_process: int, idle_s: float = IDLE_S,
+            subscribe: str = CHANNEL) -> dict[str, Any]:
+    """`subscribe`: the channels each WebSocket client subscribes to (comma-separated;
+    an SSE client's are in its URL); the events are published on `CHANNEL`."""
     ctx = mp.get_context("spawn")
     with processes() as group:
         server = STARTERS[case.server](group, case)
@@ -207,7 +216,7 @@ def measure(case: Case, events: int, per_process: int) -> dict[str, Any]:
         shares = [min(per_process, case.clients - at)
                   for at in range(0, case.clients, per_process)]
         workers = [ctx.Process(target=client_main, args=(
-            case.kind, server.url, CHANNEL, n, case.deflate, ready, done, results))
+            case.kind, server.url, subscribe, n, case.deflate, ready, done, results))
             for n in shares]
         for worker in workers:
             worker.start()
@@ -217,7 +226,7 @@ def measure(case: Case, events: int, per_process: int) -> dict[str, Any]:
             while connected < case.clients:
                 connected += ready.get(timeout=max(0.1, deadline - time.monotonic()))
             idle_before = cpu_s(server.process.pid)
-            time.sleep(IDLE_S)  # idle: what the connections cost at rest
+            time.sleep(idle_s)  # idle: what the connections cost at rest
             idle_after = cpu_s(server.process.pid)
             after = rss_bytes(server.process.pid)
             # far enough apart that each fan-out (and the clients' reading of it) is over
@@ -251,7 +260,7 @@ def measure(case: Case, events: int, per_process: int) -> dict[str, Any]:
         "p99 ms": percentile(latencies, 0.99),
         "max ms": latencies[-1] if latencies else float("nan"),
         "KiB/conn": (after - before) / case.clients / 1024,
-        "idle CPU %": (sum(idle_after) - sum(idle_before)) / IDLE_S * 100,
+        "idle CPU %": (sum(idle_after) - sum(idle_before)) / idle_s * 100,
         "CPU ms/event": user_ms + system_ms,
         "_latencies": in_order,
         "of which system": system_ms,

@@ -105,3 +105,30 @@ def test_e2e_scenario_runs_and_reports():
     for samples in report["samples"].values():
         for poll_s, fan_s, total_s, _got in samples:
             assert abs(poll_s + fan_s - total_s) < 1e-6
+
+
+@pytest.mark.skipif(shutil.which("redis-server") is None or shutil.which("redis-cli") is None,
+                    reason="the Sentinel set and the Cluster need redis-server and redis-cli")
+@pytest.mark.timeout(240)
+def test_topologies_scenario_runs_and_reports():
+    result = run_bench("topologies", timeout_s=180)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads((ROOT / "bench" / "results" / "topologies.json").read_text())
+    assert [row["topology"] for row in report["rows"]] == ["single", "sentinel", "cluster"]
+    clients = report["size"]["clients"]
+    for name, measured in report["topologies"].items():
+        for run in ("bus", "bus_paced"):
+            figures = measured[run]
+            # every event ingested reached the other process's bus listener, once
+            assert figures["sent"] > 0 and figures["received"] == figures["sent"], (name, run)
+            assert figures["repeated"] == 0 and figures["unexpected"] == 0, (name, run)
+            assert 0 < figures["p50 ms"] <= figures["p99 ms"] < 60_000, (name, run)
+            assert 0 < figures["events/s"] < 10**6, (name, run)
+        fan = measured["fanout"]
+        assert fan["processes"] == 2 and fan["clients"] == clients
+        assert fan["events"] >= 5, name
+        assert fan["delivered (min per event)"] == clients, name
+        assert fan["failed"] == 0 and fan["out of order"] == 0, name
+        assert 0 < fan["p50 ms"] <= fan["p99 ms"] < 5000, name
+        assert len(report["fanout_latencies_ms"][name]["fanout"]) == fan["events"]
+    assert report["machine"]["cores"] >= 1
