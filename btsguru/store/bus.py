@@ -57,6 +57,7 @@ from redis.exceptions import RedisError
 
 from btsguru.backoff import Backoff, Failures
 from btsguru.lifecycle import cancel_tasks
+from btsguru.store.pubsub import read_shards
 from btsguru.store.redis import Keys, RedisClient
 from btsguru.store.sharded import ssubscribe_again
 from btsguru.store.typed import aclose_pubsub
@@ -342,7 +343,7 @@ class RedisBus:
                 if isinstance(pubsub, ClusterPubSub):
                     # a failure is raised only when every shard read fails; a shard
                     # whose subscriptions moved shows as a new connection (a gap)
-                    message = await pubsub.get_sharded_message(timeout=READ_TIMEOUT_S)
+                    message = await read_shards(pubsub, READ_TIMEOUT_S)
                     self._note_new_connections(pubsub)
                 else:
                     message = await pubsub.get_message(timeout=READ_TIMEOUT_S)

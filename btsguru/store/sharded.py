@@ -29,6 +29,7 @@ from redis.exceptions import RedisError
 
 from btsguru.backoff import Backoff, Failures
 from btsguru.lifecycle import cancel_tasks
+from btsguru.store.pubsub import read_shards
 from btsguru.store.typed import aclose_pubsub
 
 log = logging.getLogger(__name__)
@@ -146,7 +147,7 @@ class ShardedChannels:
                         raise RedisConnectionError("no subscription is active")
                     await asyncio.sleep(IDLE_WAIT_S)  # nothing subscribed (yet, or any more)
                     continue
-                message = await pubsub.get_sharded_message(timeout=READ_TIMEOUT_S)
+                message = await read_shards(pubsub, READ_TIMEOUT_S)
                 failures.succeeded()
                 if message is not None:
                     self._deliver(message)
