@@ -75,6 +75,7 @@ import aiohttp
 import pytest
 
 from bench.harness import Processes, Stack, free_port, processes, report, start_stack, wait_http
+from tests.chaos.background import Background
 from tests.chaos.redis_helpers import (
     LONG,
     SIMULATOR_SPEED,
@@ -243,21 +244,11 @@ def start_other_hosts(group: Processes, run: Run) -> None:
 # -- the upstream's request counter --
 
 @dataclass
-class Sampler:
+class Sampler(Background):
     """`/__sim/stats` every `SAMPLE_S`: (monotonic time, every request, the live path's)."""
 
     simulator_url: str
     samples: list[tuple[float, int, int]] = field(default_factory=list)
-    task: asyncio.Task[None] | None = None
-
-    def start(self, session: aiohttp.ClientSession) -> None:
-        self.task = asyncio.create_task(self._run(session))
-
-    async def stop(self) -> None:
-        if self.task is not None:
-            self.task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self.task
 
     async def _run(self, session: aiohttp.ClientSession) -> None:
         while True:
