@@ -26,12 +26,9 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import asdict, dataclass
-from datetime import UTC, datetime
-from typing import Any, Literal, Protocol
+from typing import Any, Protocol
 
 import aiohttp
-import orjson
 from redis.exceptions import RedisError
 
 from btsguru import metrics
@@ -40,16 +37,15 @@ from btsguru.backoff import Backoff
 from btsguru.clock import Clock
 from btsguru.lifecycle import cancel_tasks
 from btsguru.pollers.lease import Leases
+from btsguru.store.alert_store import Alert, AlertEvent, AlertStore  # the records
 from btsguru.store.redis import RedisStores
+from btsguru.store.webhook_queue import UrlHealth
 from btsguru.upstream.quota import QuotaState
 
 log = logging.getLogger(__name__)
 
-Severity = Literal["warning", "critical"]
-
 ALERTER_LEASE = "alerter"
 CHECK_INTERVAL_S = 15.0  # well inside the 3x-cadence staleness bound of the fastest poller
-RECENT_ALERTS = 200  # events kept for the console (a busy day's worth)
 QUOTA_WARNING = 0.80  # the issue's thresholds: 80% and 95% of the day's budget
 QUOTA_CRITICAL = 0.95
 STALE_CADENCES = 3.0  # data older than three cadences while games are live
@@ -63,53 +59,14 @@ FAILOVER_ALERT_S = 600.0
 # from one key is a cache-busting pattern; this many 401s from one address is guessing.
 CACHE_BUSTING_MISSES = 120
 AUTH_FAILURE_BURST = 30
+# A Pusher webhook URL failing this long (a minute of retries, every batch refused) is
+# raised; dropping batches (ten minutes of failures) makes it critical.
+PUSHER_WEBHOOK_FAILING_S = 60.0
 WEBHOOK_ATTEMPTS = 4
 WEBHOOK_TIMEOUT_S = 5.0
 PROBE_TIMEOUT_S = 2.0
 # Disconnect reasons that are not trouble: clients leaving, and our own restarts.
 _ORDINARY_DISCONNECTS = frozenset({"normal", "going_away", "peer", "restart"})
-
-
-@dataclass(frozen=True)
-class Alert:
-    """A condition that holds now. `id` names the alert and its subject, so a sport's
-    staleness and another sport's are separate alerts."""
-
-    id: str
-    name: str
-    severity: Severity
-    message: str
-    subject: str = ""
-
-
-@dataclass(frozen=True)
-class AlertRow:
-    """One line of the ops console's recent alerts (`AlertStore.rows`)."""
-
-    at: datetime  # aware UTC
-    level: str
-    message: str
-
-
-@dataclass(frozen=True)
-class AlertEvent:
-    status: Literal["firing", "resolved"]
-    alert: Alert
-    at: float  # epoch seconds on the alerter's clock
-
-    def to_json(self) -> dict[str, Any]:
-        return {"status": self.status, "at": iso(self.at), **asdict(self.alert)}
-
-    def text(self) -> str:
-        """Slack's `text`: one readable line."""
-        if self.status == "resolved":
-            return f":white_check_mark: RESOLVED {self.alert.name}: {self.alert.message}"
-        mark = ":rotating_light:" if self.alert.severity == "critical" else ":warning:"
-        return f"{mark} {self.alert.severity.upper()} {self.alert.name}: {self.alert.message}"
-
-
-def iso(epoch_s: float) -> str:
-    return datetime.fromtimestamp(epoch_s, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 class Quotas(Protocol):
@@ -135,62 +92,8 @@ class TaskRows(Protocol):
     async def tasks(self, sport: str) -> Sequence[TaskRow]: ...
 
 
-class AlertStore:
-    """The firing set and the recent events in Redis (the `data` database).
-
-    Earlier versions kept them under untagged names (`alerts:firing`, `alerts:recent`):
-    those are still read, so an alert raised before an upgrade is neither raised again
-    nor forgotten (its resolve deletes it from both), and the console's recent events
-    run on into the older ones. Nothing is written there any more."""
-
-    def __init__(self, redis: RedisStores) -> None:
-        self._redis = redis.data
-        self._firing = redis.keys.tagged("alerts", "alerts", "firing")
-        self._recent = redis.keys.tagged("alerts", "alerts", "recent")
-        self._legacy_firing = redis.keys.key("alerts", "firing")
-        self._legacy_recent = redis.keys.key("alerts", "recent")
-
-    async def firing(self) -> dict[str, Alert]:
-        async with self._redis.pipeline(transaction=False) as pipe:
-            pipe.hgetall(self._legacy_firing)
-            pipe.hgetall(self._firing)
-            legacy, current = await pipe.execute()
-        found = {}
-        for key, blob in (legacy | current).items():
-            fields = orjson.loads(blob)
-            found[key.decode() if isinstance(key, bytes) else str(key)] = Alert(
-                id=fields["id"], name=fields["name"], severity=fields["severity"],
-                message=fields["message"], subject=fields.get("subject", ""))
-        return found
-
-    async def record(self, event: AlertEvent) -> None:
-        async with self._redis.pipeline(transaction=True) as pipe:
-            if event.status == "firing":
-                pipe.hset(self._firing, event.alert.id, orjson.dumps(asdict(event.alert)))
-            else:
-                pipe.hdel(self._firing, event.alert.id)
-            pipe.lpush(self._recent, orjson.dumps(event.to_json()))
-            pipe.ltrim(self._recent, 0, RECENT_ALERTS - 1)
-            await pipe.execute()
-        if event.status == "resolved":  # raised by an earlier version, maybe
-            await self._redis.hdel(self._legacy_firing, event.alert.id)
-
-    async def recent(self, limit: int = 50) -> list[dict[str, Any]]:
-        blobs = await self._redis.lrange(self._recent, 0, limit - 1)
-        if len(blobs) < limit:  # then the events of an earlier version, older still
-            blobs += await self._redis.lrange(self._legacy_recent, 0, limit - len(blobs) - 1)
-        return [orjson.loads(blob) for blob in blobs]
-
-    async def rows(self) -> list[AlertRow]:
-        """For the ops console: newest first; a resolve shows at info."""
-        rows = []
-        for entry in await self.recent():
-            level = "info" if entry["status"] == "resolved" else entry["severity"]
-            prefix = "resolved: " if entry["status"] == "resolved" else ""
-            rows.append(AlertRow(
-                at=datetime.strptime(entry["at"], "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC),
-                level=level, message=f"{prefix}{entry['name']}: {entry['message']}"))
-        return rows
+class WebhookHealth(Protocol):
+    async def health(self) -> list[UrlHealth]: ...
 
 
 class WebhookSender:
@@ -243,6 +146,7 @@ class Alerter:
                  breaker_state: Callable[[str], str] | None = None,
                  database_ping: Callable[[], Awaitable[None]] | None = None,
                  webhook: WebhookSender | None = None, leases: Leases | None = None,
+                 pusher_webhooks: WebhookHealth | None = None,
                  interval_s: float = CHECK_INTERVAL_S,
                  cache_busting_misses: int = CACHE_BUSTING_MISSES,
                  auth_failure_burst: int = AUTH_FAILURE_BURST) -> None:
@@ -254,6 +158,7 @@ class Alerter:
         self._breaker_state = breaker_state
         self._database_ping = database_ping
         self.webhook = webhook
+        self._pusher_webhooks = pusher_webhooks
         self.store = AlertStore(redis)
         # the lease is renewed once per check, so it must outlive one: with the pollers'
         # 10 s TTL and a 15 s interval another process took it over between checks
@@ -332,6 +237,7 @@ class Alerter:
             alerts += await self._sport_alerts(sport)
         alerts += await self._access_alerts()
         alerts += await self._failover_alerts()
+        alerts += await self._pusher_webhook_alerts()
         now_seen = _abnormal_disconnects()
         spike = now_seen - self._disconnects_seen
         self._disconnects_seen = now_seen
@@ -410,6 +316,29 @@ class Alerter:
                 f"user {notice.user_id} ({notice.tier} tier): {notice.used} of "
                 f"{notice.quota} requests of the daily quota used today "
                 f"({notice.used / notice.quota:.0%})", f"user {notice.user_id}"))
+        return alerts
+
+    async def _pusher_webhook_alerts(self) -> list[Alert]:
+        """A Pusher webhook URL whose deliveries have failed for a while (cluster-wide:
+        every process records its failures and a delivery clears them)."""
+        if self._pusher_webhooks is None:
+            return []
+        try:
+            rows = await self._pusher_webhooks.health()
+        except (RedisError, OSError) as exc:
+            log.debug("alerter: webhook health unavailable: %s", exc)
+            return []
+        alerts = []
+        now = self._clock.time()
+        for row in rows:
+            if row.failing_since is None or now - row.failing_since < PUSHER_WEBHOOK_FAILING_S:
+                continue
+            alerts.append(Alert(
+                f"pusher_webhook_failing:{row.url_id}", "pusher_webhook_failing",
+                "critical" if row.dropped else "warning",
+                f"Pusher webhooks to {row.where} failing for {now - row.failing_since:.0f} s "
+                f"(last: {row.last_error or 'unknown'}); {row.queued} batches queued, "
+                f"{row.dropped} dropped", row.where))
         return alerts
 
     async def _failover_alerts(self) -> list[Alert]:

@@ -57,12 +57,13 @@ from btsguru.pollers.state import PollerStateReader
 from btsguru.realtime.hub import Hub
 from btsguru.realtime.revocation import StreamRevoker
 from btsguru.realtime.slots import StreamSlots
+from btsguru.realtime.webhooks import PusherWebhooks
 from btsguru.store.bus import Bus, RedisBus
 from btsguru.store.cache import RawCache
 from btsguru.store.games import GameStore
 from btsguru.store.history import EventHistory
 from btsguru.store.hot import HotCache
-from btsguru.store.pusher import PusherState
+from btsguru.store.pusher import PusherState, new_process_id
 from btsguru.store.redis import RedisStores, open_redis
 from btsguru.store.series import SeriesRecorder, SeriesStore
 from btsguru.store.standings import StandingsStore
@@ -111,6 +112,7 @@ class Services:
     pusher: PusherState
     hot: HotCache
     series: SeriesRecorder
+    webhooks: PusherWebhooks | None = None  # None: no PUSHER_WEBHOOK_URLS
 
     def start_background(self) -> None:
         """Start the services' own tasks (usage flush and rollup, invalidations, the ops
@@ -121,6 +123,8 @@ class Services:
         self.hub.start()
         self.alerts.start()
         self.pusher.start()
+        if self.webhooks is not None:
+            self.webhooks.start(self.pusher.occupancy.total, self.pusher.members)
 
 
 @contextlib.asynccontextmanager
@@ -173,20 +177,29 @@ async def open_services(config: Config, clock: Clock | None = None) -> AsyncIter
         revoker = StreamRevoker(lambda: list(hub.connections.values()), access.active_key_ids)
         access.on_invalidation(revoker.invalidated)
         stack.push_async_callback(revoker.close)
-        pusher = PusherState(redis.reverb, redis.keys)
+        process_id = new_process_id()
+        # webhooks only when there are URLs (else the subscribe path pays nothing); they
+        # close after the Pusher state, whose last departures they still queue
+        webhooks = PusherWebhooks(redis.reverb, redis.keys, config, clock,
+                                  consumer=process_id) if config.pusher_webhook_urls else None
+        if webhooks is not None:
+            stack.push_async_callback(webhooks.close)
+        pusher = PusherState(redis.reverb, redis.keys, process_id=process_id,
+                             webhooks=webhooks)
         stack.push_async_callback(pusher.close)  # after the hub closed its connections
         alerts = Alerter(
             config.sports, clock, redis, quota=quota, tasks=poller_state,
             breaker_state=upstream.breaker.state, database_ping=db.ping,
             webhook=WebhookSender(config.alert_webhook_url, clock)
-            if config.alert_webhook_url else None)
+            if config.alert_webhook_url else None,
+            pusher_webhooks=webhooks.queue if webhooks is not None else None)
         stack.push_async_callback(alerts.stop)  # first to stop: it reads everything else
         yield Services(config=config, clock=clock, redis=redis, db=db, users=UserService(db),
                        keys=keys, tiers=tiers, access=access, quota=quota, upstream=upstream,
                        cache=cache, proxy=proxy, bus=bus, history=history, games=games,
                        standings=standings, poller_state=poller_state,
                        pollers=pollers, hub=hub, alerts=alerts, pusher=pusher, hot=hot,
-                       series=series)
+                       series=series, webhooks=webhooks)
 
 
 def console_services(s: Services) -> ConsoleServices:

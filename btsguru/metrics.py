@@ -159,6 +159,18 @@ FANOUT_DURATION = Histogram(
     "btsguru_fanout_duration_seconds", "Time to hand one bus event to every subscriber of "
     "a channel in this process.", buckets=_FANOUT_BUCKETS_S, registry=REGISTRY)
 
+# -- Pusher webhooks (realtime.webhooks, realtime.webhook_delivery) --
+PUSHER_WEBHOOKS = Counter(
+    "btsguru_pusher_webhooks_total",
+    "Pusher webhook batch deliveries per URL: delivered (a 2xx), failed (one try that was "
+    "not), dropped (given up after the retry window).", ["result"], registry=REGISTRY)
+PUSHER_WEBHOOK_EVENTS = Counter(
+    "btsguru_pusher_webhook_events_total", "Pusher webhook events queued, by event name.",
+    ["event"], registry=REGISTRY)
+PUSHER_WEBHOOK_QUEUE = Gauge(
+    "btsguru_pusher_webhook_queue_batches", "Pusher webhook batches not yet delivered, over "
+    "every URL (cluster-wide: alert on max, not sum).", registry=REGISTRY)
+
 # -- REST and access --
 HTTP_REQUESTS = Counter(
     "btsguru_http_requests_total", "HTTP requests by handler and status.",

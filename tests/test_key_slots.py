@@ -352,3 +352,99 @@ async def test_an_upgrade_keeps_usage_and_standings_written_under_the_old_names(
         assert [r.team_id for r in await standings.get("football", 39)] == [33]
     finally:
         await stores.close()
+
+
+class _Occupancy:
+    """What `store.pusher` tells the webhooks of occupancy: (channel, before, after)."""
+
+    tracks_occupancy = True
+
+    def __init__(self) -> None:
+        self.changes: list[tuple[str, int, int]] = []
+        self.removed: list[tuple[str, str]] = []
+
+    async def occupancy_changed(self, channel: str, before: int, after: int) -> None:
+        self.changes.append((channel, before, after))
+
+    async def member_added(self, channel: str, user_id: str) -> None:
+        pass
+
+    async def member_removed(self, channel: str, user_id: str) -> None:
+        self.removed.append((channel, user_id))
+
+
+async def test_pusher_occupancy_is_cluster_wide_and_a_dead_process_is_reaped(test_config,
+                                                                            guard):
+    stores = open_redis(test_config)
+    sink = _Occupancy()
+    one = PusherState(stores.reverb, stores.keys, process_id="proc-a", webhooks=sink)
+    two = PusherState(stores.reverb, stores.keys, process_id="proc-b", webhooks=sink)
+    try:
+        await one.heartbeat()
+        await two.heartbeat()
+        await one.count("orders", 1)  # the first subscriber anywhere
+        await two.count("orders", 1)
+        await two.count("orders", 1)
+        await two.count("lobby", 1)
+        assert await two.join("presence-lobby", "u1", b"{}", 100) == 1
+        await one.count("orders", -1)  # others remain
+        assert await one.channel_counts() == {"orders": 2, "lobby": 1}
+        # proc-b dies without a word: proc-a reaps its subscribers, emptying both channels
+        await stores.reverb.delete(stores.keys.key("pusher", "proc", "proc-b"))
+        await one.reap()
+        assert sink.changes == [("orders", 0, 1), ("orders", 1, 2), ("orders", 2, 3),
+                                ("lobby", 0, 1), ("orders", 3, 2), ("orders", 2, 0),
+                                ("lobby", 1, 0)]
+        assert sink.removed == [("presence-lobby", "u1")]
+        assert await one.channel_counts() == {}
+        assert await one.occupancy.total("orders") == 0
+        # proc-a's heartbeat lapses and it is reaped too: writing back makes it occupied
+        await one.count("orders", 1)
+        await stores.reverb.delete(stores.keys.key("pusher", "proc", "proc-a"))
+        await two.reap()
+        await one.heartbeat()
+        assert sink.changes[-3:] == [("orders", 0, 1), ("orders", 1, 0), ("orders", 0, 1)]
+        assert await one.channel_counts() == {"orders": 1}
+    finally:
+        await one.close()
+        await stores.close()
+    guard.assert_clean()
+    assert guard.seen["EVALSHA"] >= 10
+
+
+async def test_webhook_queue_holds_and_turns(test_config, guard):
+    from btsguru.store.webhook_queue import WebhookQueue
+
+    stores = open_redis(test_config)
+    urls = ("http://127.0.0.1:9/a", "http://127.0.0.1:9/b")
+    queue = WebhookQueue(stores.reverb, stores.keys, urls)
+    try:
+        for url in urls:
+            await queue.ensure_group(url)
+            await queue.ensure_group(url)  # again: no error
+        await queue.enqueue(b'{"time_ms":1,"events":[]}', 1)
+        assert await queue.depth() == 2
+        taken = await queue.read(urls[0], "proc-a", 10, 1)
+        assert [(b.body, b.at_ms) for b in taken] == [(b'{"time_ms":1,"events":[]}', 1)]
+        await queue.touch(urls[0], "proc-a", [taken[0].id])
+        assert await queue.claim_stale(urls[0], "proc-b", 60_000, 10) == []  # still held
+        await queue.release(urls[0], "proc-a", [taken[0].id], 120_000)
+        assert [b.id for b in await queue.claim_stale(urls[0], "proc-b", 60_000, 10)] == \
+            [taken[0].id]
+        await queue.failed(urls[0], "HTTP 500", NOW, dropped=True)
+        assert [(h.failing_since, h.dropped, h.queued) for h in await queue.health()] == \
+            [(NOW, 1, 1), (None, 0, 1)]
+        await queue.done(urls[0], taken[0].id)
+        await queue.delivered(urls[0])
+        assert [(h.failing_since, h.queued) for h in await queue.health()] == \
+            [(None, 0), (None, 1)]
+        await queue.hold(b"vacated", NOW + 5)
+        assert await queue.due(NOW, 10) == []
+        assert await queue.due(NOW + 5, 10) == [b"vacated"]
+        assert await queue.take(b"vacated") and not await queue.take(b"vacated")
+        assert await queue.count_turn("orders", 60_000) == 0
+        assert 0 < await queue.count_turn("orders", 60_000) <= 60_000
+    finally:
+        await stores.close()
+    guard.assert_clean()
+    assert guard.seen["MULTI"] == 2  # a failure recorded, a batch done

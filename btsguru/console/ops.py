@@ -20,9 +20,9 @@ from typing import Generic, Protocol, TypeVar
 
 from redis.exceptions import RedisError
 
-from btsguru.alerts import AlertRow
 from btsguru.clock import Clock
 from btsguru.console.charts import Gauge, gauge
+from btsguru.store.alert_store import AlertRow
 from btsguru.store.cache import CacheCounters
 from btsguru.store.redis import RedisStatus
 from btsguru.upstream.quota import QuotaGovernor, QuotaState

@@ -15,9 +15,13 @@ channels' cache (`store.pusher_cache`).
   that very name, else `pusher:cache_miss`.
 - An app channel: the last event the server published on it (30 minutes), else
   `pusher:cache_miss`. Client events never fill it.
+
+Every `pusher:cache_miss` sent is reported to `on_miss` (the `cache_miss` webhook).
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import orjson
 
@@ -32,15 +36,24 @@ from btsguru.store.pusher_cache import ChannelCache
 
 
 class CachedEvents:
-    def __init__(self, hub: Hub, cache: ChannelCache) -> None:
+    """`on_miss(channel)` hears each `pusher:cache_miss` sent (the `cache_miss` webhook)."""
+
+    def __init__(self, hub: Hub, cache: ChannelCache,
+                 on_miss: Callable[[str], None] | None = None) -> None:
         self._hub = hub
         self._cache = cache
+        self._on_miss = on_miss
+
+    def _miss(self, name: str) -> bytes:
+        if self._on_miss is not None:
+            self._on_miss(name)
+        return cache_miss_frame(name)
 
     async def for_app_channel(self, conn: PusherSocket, name: str) -> bytes:
         """The frame to send after success on app channel `name`."""
         cached = await self._cache.cached(name)
         if cached is None:
-            return cache_miss_frame(name)
+            return self._miss(name)
         conn.cache_sent[name] = str(cached.get("id"))
         data = cached.get("data")
         data_json = orjson.dumps(data if isinstance(data, str) else "")
@@ -54,7 +67,7 @@ class CachedEvents:
             game = await self._hub.games.get(channel.sport, channel.game_id)
             if game is None or (channel.league_id is not None
                                 and game.league.id != channel.league_id):
-                return cache_miss_frame(name)
+                return self._miss(name)
             if hub_sends_snapshot:
                 return None
             return event_frame(SNAPSHOT_EVENT, name,
@@ -66,7 +79,7 @@ class CachedEvents:
         if cached is not None and isinstance(cached.get("data"), str):
             return event_frame(str(cached.get("event")), name,
                                orjson.dumps(cached["data"]))
-        return cache_miss_frame(name)
+        return self._miss(name)
 
 
 def _data(data_json: bytes, secret: bytes | None) -> bytes:

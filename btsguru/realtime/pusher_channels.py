@@ -61,6 +61,7 @@ from btsguru.realtime.pusher_protocol import (
     verify_auth,
 )
 from btsguru.realtime.pusher_socket import PusherSocket, PusherSub
+from btsguru.realtime.webhooks import PusherWebhooks
 from btsguru.store.history import parse_stream_id
 from btsguru.store.pusher import PusherState
 
@@ -98,7 +99,9 @@ class PusherChannels:
         self.hub = hub
         self.state = state
         self.config = config
-        self.cached = CachedEvents(hub, state.cache)
+        self.webhooks = state.webhooks if isinstance(state.webhooks, PusherWebhooks) else None
+        self.cached = CachedEvents(hub, state.cache, self.webhooks.cache_miss
+                                   if self.webhooks is not None else None)
 
     # -- subscribe --
 
@@ -267,6 +270,8 @@ class PusherChannels:
                     "except": conn.socket_id,
                     "data": orjson.dumps({"user_id": sub.member.user_id,
                                           "user_info": sub.member.user_info}).decode()})
+                if self.webhooks is not None:
+                    await self.webhooks.member_added(name, sub.member.user_id)
         conn.channels[name] = sub
 
         def listener(message: dict[str, Any]) -> None:
@@ -314,6 +319,8 @@ class PusherChannels:
             await self.state.publish(sub.name, {
                 "event": "pusher_internal:member_removed", "channel": sub.name,
                 "data": orjson.dumps({"user_id": sub.member.user_id}).decode()})
+            if self.webhooks is not None:
+                await self.webhooks.member_removed(sub.name, sub.member.user_id)
 
     # -- client events --
 
@@ -342,6 +349,9 @@ class PusherChannels:
         if sub.member is not None:
             message["user_id"] = sub.member.user_id
         await self.state.publish(channel, message)
+        if self.webhooks is not None:
+            self.webhooks.client_event(channel, event, data, conn.socket_id,
+                                       message.get("user_id"))
 
     # -- closing --
 

@@ -25,8 +25,10 @@ hub like on every transport; what is Pusher's own lives here:
   where the process has sockets. A process proves it is alive with a heartbeat key; any
   process that finds one missing reaps the dead one channel by channel (one script per
   channel: the first reaper wins each) and announces the removals.
-- Channel occupancy for the HTTP API: per process a hash channel -> local subscribers,
-  summed over live processes.
+- Channel occupancy (`store.pusher_occupancy`): per process a hash channel -> local
+  subscribers, summed over live processes for the HTTP API; while webhooks want it, per
+  channel a hash process -> subscribers whose scripts decide occupied and vacated. The
+  webhooks (`store.webhook_queue.WebhookSink`) also hear the reaper's member removals.
 - Authorization grants of `/v1/realtime/auth` (socket id + channel -> the user), the
   last event id delivered per user and channel (resume after a reconnect, on any
   process), and publish idempotency keys. Positions are written in batches every
@@ -54,8 +56,10 @@ from btsguru.backoff import Backoff, every
 from btsguru.lifecycle import cancel_tasks
 from btsguru.store.pubsub import listen, publish, sharded
 from btsguru.store.pusher_cache import ChannelCache
+from btsguru.store.pusher_occupancy import ChannelOccupancy
 from btsguru.store.redis import Keys, RedisClient
 from btsguru.store.sharded import ShardedChannels
+from btsguru.store.webhook_queue import WebhookSink
 
 log = logging.getLogger(__name__)
 
@@ -151,15 +155,19 @@ def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
+def new_process_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
 class PusherState:
     """This process's view of the Pusher state; see the module docstring."""
 
     def __init__(self, redis: RedisClient, keys: Keys, *,
-                 process_id: str | None = None, heartbeat_ttl_s: int = HEARTBEAT_TTL_S) -> None:
+                 process_id: str | None = None, heartbeat_ttl_s: int = HEARTBEAT_TTL_S,
+                 webhooks: WebhookSink | None = None) -> None:
         self._redis = redis
         self._keys = keys
-        self.process_id = process_id or \
-            f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self.process_id = process_id or new_process_id()
         self.ttl_s = heartbeat_ttl_s
         self._join = redis.register_script(_JOIN)
         self._leave = redis.register_script(_LEAVE)
@@ -173,7 +181,9 @@ class PusherState:
         self._shards = ShardedChannels(redis, self._dispatch, what="pusher: app bus",
                                        backoff=Backoff(0.1, 5.0)) \
             if isinstance(redis, RedisCluster) else None
-        self.local_counts: Counter[str] = Counter()  # channel -> subscribers here
+        self.webhooks = webhooks  # told of presence changes (and occupancy, below)
+        self.occupancy = ChannelOccupancy(redis, keys, self.process_id, webhooks)
+        self.local_counts = self.occupancy.local  # channel -> subscribers here
         self.local_presence: Counter[tuple[str, str]] = Counter()  # (channel, user) -> sockets
         self._joined: Counter[str] = Counter()  # channel -> sockets counted in _joined_key
         self._reassert_beats = 0  # heartbeats left that write this process's presence back
@@ -191,9 +201,6 @@ class PusherState:
 
     def _procs_key(self) -> str:
         return self._keys.key("pusher", "procs")
-
-    def _subs_key(self, proc: str) -> str:
-        return self._keys.key("pusher", "subs", proc)
 
     def _joined_key(self, proc: str) -> str:
         return self._keys.key("pusher", "joined", proc)
@@ -237,7 +244,6 @@ class PusherState:
             async with self._redis.pipeline(transaction=False) as pipe:
                 # one key per DEL: they may live in different Cluster slots
                 pipe.delete(self._proc_key(self.process_id))
-                pipe.delete(self._subs_key(self.process_id))
                 pipe.srem(self._procs_key(), self.process_id)
                 await pipe.execute()
 
@@ -272,9 +278,7 @@ class PusherState:
             for channel, pairs in by_channel.items():
                 await self._reassert(keys=self._presence_keys(channel),
                                      args=[self.process_id, *pairs])
-            if self.local_counts:
-                await self._redis.hset(self._subs_key(self.process_id),
-                                       mapping={k: v for k, v in self.local_counts.items()})
+            await self.occupancy.reassert()
         self._reassert_beats = max(0, self._reassert_beats - 1)
 
     async def reap(self) -> None:
@@ -285,7 +289,6 @@ class PusherState:
                 continue
             log.info("pusher: reaping process %s", proc)
             await self._reap_process(proc)
-            await self._redis.delete(self._subs_key(proc))
             await self._redis.srem(self._procs_key(), proc)
 
     async def _reap_process(self, proc: str) -> None:
@@ -298,7 +301,10 @@ class PusherState:
                 await self.publish(channel, {
                     "event": "pusher_internal:member_removed", "channel": channel,
                     "data": orjson.dumps({"user_id": _text(user)}).decode()})
+                if self.webhooks is not None:
+                    await self.webhooks.member_removed(channel, _text(user))
         await self._redis.delete(self._joined_key(proc))
+        await self.occupancy.reap(proc)  # its subscriber counts, and any channel it empties
 
     # -- the app bus --
 
@@ -371,24 +377,14 @@ class PusherState:
     # -- occupancy --
 
     async def count(self, channel: str, delta: int) -> None:
-        self.local_counts[channel] += delta
-        if self.local_counts[channel] <= 0:
-            del self.local_counts[channel]
-            await self._redis.hdel(self._subs_key(self.process_id), channel)
-        else:
-            await self._redis.hset(self._subs_key(self.process_id), channel,
-                                   self.local_counts[channel])
+        await self.occupancy.count(channel, delta)
 
     async def channel_counts(self) -> dict[str, int]:
         """Subscribers per occupied channel across live processes."""
         procs = [_text(p) for p in await self._redis.smembers(self._procs_key())]
-        totals: Counter[str] = Counter()
-        for proc in procs:
-            if proc != self.process_id and not await self._redis.exists(self._proc_key(proc)):
-                continue
-            for name, n in (await self._redis.hgetall(self._subs_key(proc))).items():
-                totals[_text(name)] += int(n)
-        return {name: n for name, n in totals.items() if n > 0}
+        return await self.occupancy.counts(
+            [p for p in procs if p == self.process_id or await self._redis.exists(
+                self._proc_key(p))])
 
     # -- presence --
 
