@@ -222,8 +222,24 @@ PATHS: dict[str, Any] = {
                 "properties": {"socket_id": {"type": "string"},
                                "channel_name": {"type": "string"}}}}}},
         "responses": {"200": _ok({"type": "object", "required": ["auth"], "properties": {
-            "auth": {"type": "string"}, "channel_data": {"type": "string"}}}),
+            "auth": {"type": "string"}, "channel_data": {"type": "string"},
+            "shared_secret": {"type": "string", "description":
+                              "private-encrypted-sports.* only: the channel's key, base64"}}}),
             "400": _error("Invalid socket id or channel."), **_AUTH_ERRORS}}},
+    "/v1/realtime/user-auth": {"post": {
+        "summary": "Pusher user sign-in (pusher:signin) for the key's user",
+        "description": "pusher-js's `userAuthentication` endpoint: `user_data` is made "
+                       "here from the API key's user (`id` is the user's id), so a client "
+                       "signs in as its own user and no other.",
+        "tags": ["realtime"],
+        "requestBody": {"required": True, "content": {
+            "application/x-www-form-urlencoded": {"schema": {
+                "type": "object", "required": ["socket_id"],
+                "properties": {"socket_id": {"type": "string"}}}}}},
+        "responses": {"200": _ok({"type": "object", "required": ["auth", "user_data"],
+                                  "properties": {"auth": {"type": "string"},
+                                                 "user_data": {"type": "string"}}}),
+                      "400": _error("Invalid socket id."), **_AUTH_ERRORS}}},
     "/metrics": {"get": {
         "summary": "Prometheus metrics", "tags": ["operations"],
         "security": [{"metricsToken": []}],
