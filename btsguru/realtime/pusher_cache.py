@@ -59,19 +59,25 @@ class CachedEvents:
         data_json = orjson.dumps(data if isinstance(data, str) else "")
         return event_frame(str(cached.get("event")), name, data_json)
 
+    async def snapshot(self, name: str, channel: Channel,
+                       secret: bytes | None) -> bytes | None:
+        """`game.snapshot` of a game's channel `name`, as its frame (None: no such game)."""
+        assert channel.game_id is not None
+        game = await self._hub.games.get(channel.sport, channel.game_id)
+        if game is None or (channel.league_id is not None
+                            and game.league.id != channel.league_id):
+            return None
+        return event_frame(SNAPSHOT_EVENT, name, _data(orjson.dumps(game_to_json(game)), secret))
+
     async def for_game_channel(self, name: str, channel: Channel, secret: bytes | None, *,
                                hub_sends_snapshot: bool) -> bytes | None:
         """The frame to send after success on game channel `name` (None: the hub's
         `game.snapshot` is the cached event); `secret`: an encrypted channel's key."""
         if channel.game_id is not None:
-            game = await self._hub.games.get(channel.sport, channel.game_id)
-            if game is None or (channel.league_id is not None
-                                and game.league.id != channel.league_id):
+            snapshot = await self.snapshot(name, channel, secret)
+            if snapshot is None:
                 return self._miss(name)
-            if hub_sends_snapshot:
-                return None
-            return event_frame(SNAPSHOT_EVENT, name,
-                               _data(orjson.dumps(game_to_json(game)), secret))
+            return None if hub_sends_snapshot else snapshot
         last = await self._hub.history.last_on(channel.name)
         if last is not None:
             return event_frame(last.event, name, _data(last.data_json, secret))

@@ -166,18 +166,24 @@ class PusherChannels:
     async def _game_start(self, conn: PusherSocket, sub: PusherSub,
                           channel: Channel) -> tuple[list[bytes], Cursor | None]:
         """What a game channel's subscriber is sent once the hub has it (success, and on
-        a cache channel the cached event), and where its hub subscription starts."""
+        a cache channel the cached event), and where its hub subscription starts.
+
+        Another name of this socket may already hold the hub's game channel (the bare
+        name and `private-encrypted-` one, say): the hub then runs no catch-up for this
+        name, so its `game.snapshot` is read and sent here, as a new subscriber gets it."""
         frames = [await self._success(sub)]
-        if not is_cache(sub.name):
-            cursor = await self._resume_cursor(conn, sub, channel) \
-                if sub.user_id is not None else None
-            return frames, cursor
-        # a cache channel: the whole game (or the last event), never a replay
         assert sub.game is not None
         shared = any(other in conn.channels for other in conn.aliases.get(sub.game, ()))
-        cached = await self.cached.for_game_channel(sub.name, channel, sub.secret,
-                                                    hub_sends_snapshot=not shared)
-        return frames + ([cached] if cached is not None else []), None
+        if is_cache(sub.name):  # the whole game (or the last event), never a replay
+            cached = await self.cached.for_game_channel(sub.name, channel, sub.secret,
+                                                        hub_sends_snapshot=not shared)
+            return frames + ([cached] if cached is not None else []), None
+        cursor = await self._resume_cursor(conn, sub, channel) \
+            if sub.user_id is not None else None
+        if shared and cursor is None and channel.game_id is not None:
+            snapshot = await self.cached.snapshot(sub.name, channel, sub.secret)
+            frames += [snapshot] if snapshot is not None else []
+        return frames, cursor
 
     async def _resume_cursor(self, conn: PusherSocket, sub: PusherSub,
                              channel: Channel) -> Cursor | None:
