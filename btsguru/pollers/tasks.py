@@ -35,9 +35,12 @@ twice.
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
+
+from redis.exceptions import RedisError
 
 from btsguru.pollers.book import (
     BookEntry,
@@ -122,6 +125,14 @@ class LiveTask:
     def next_delay_s(self) -> tuple[float, str]:
         return self._decision.interval_s, self._decision.reason
 
+    async def _swept_before(self) -> str | None:
+        """The "yesterday" the task last swept, whichever process ran it."""
+        try:
+            row = await self._ctx.state.load(self.sport, self.task)
+        except (RedisError, OSError):
+            return None
+        return row.get("yesterday_swept")
+
     def cadence_s(self) -> float:
         return self._decision.interval_s
 
@@ -162,6 +173,36 @@ class LiveTask:
                   report.requests, self._decision.interval_s, self._decision.reason)
         return calls.finish()
 
+    async def _sweep_days(self, calls: RunCalls, stored: Mapping[int, Game], now: float,
+                          keep: Callable[[list[Any]], None]) -> bool:
+        """The date-sweeping sports' live query: the days that may hold games in play,
+        each answer handed to `keep`; False when no day was answered."""
+        ctx, q = self._ctx, self._ctx.queries
+        # Today, the day of each game in play (one that started before midnight is
+        # on yesterday's list), and yesterday once a day: just after midnight a store
+        # that never saw yesterday's games in play (a fresh deployment, `refresh`)
+        # would otherwise miss them until they finish.
+        yesterday = utc_day(now, -1)
+        days = {utc_day(now)} | {game_day(g) for g in stored.values()}
+        if self._yesterday_swept != yesterday:
+            # kept in the task's row too: a process that takes the lease over (a
+            # rolling restart moves it three times) does not sweep yesterday again
+            self._yesterday_swept = await self._swept_before()
+        if self._yesterday_swept != yesterday:
+            days.add(yesterday)
+        answered = False
+        for day in sorted(days):
+            items = await calls.get(q.list_endpoint, {"date": day})
+            if items is not None:
+                answered = True
+                keep(items)
+                if day == yesterday:
+                    self._yesterday_swept = yesterday
+                    with contextlib.suppress(RedisError, OSError):
+                        await ctx.state.update(ctx.sport, self.task,
+                                               {"yesterday_swept": yesterday})
+        return answered
+
     async def _fetch(self, calls: RunCalls, stored: Mapping[int, Game],
                      now: float) -> dict[int, Game] | None:
         """The sport's live games (and the finals of those that left the live list)."""
@@ -175,23 +216,7 @@ class LiveTask:
                     fetched[game.id] = game
 
         if not q.live_all:
-            # Today, the day of each game in play (one that started before midnight is
-            # on yesterday's list), and yesterday once a day: just after midnight a store
-            # that never saw yesterday's games in play (a fresh deployment, `refresh`)
-            # would otherwise miss them until they finish.
-            yesterday = utc_day(now, -1)
-            days = {utc_day(now)} | {game_day(g) for g in stored.values()}
-            if self._yesterday_swept != yesterday:
-                days.add(yesterday)
-            answered = False
-            for day in sorted(days):
-                items = await calls.get(q.list_endpoint, {"date": day})
-                if items is not None:
-                    answered = True
-                    keep(items)
-                    if day == yesterday:
-                        self._yesterday_swept = yesterday
-            return fetched if answered else None
+            return fetched if await self._sweep_days(calls, stored, now, keep) else None
         items = await calls.get(q.list_endpoint, {"live": "all"})
         if items is None:
             return None
