@@ -62,7 +62,7 @@ def slotless_node() -> Iterator[str]:
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
         try:
             nodes = ClusterNodes(ports=[port], directory=Path(tmp))
-            wait_until_blocking(lambda: nodes.info(port).get("cluster_state") == "fail", 10,
+            wait_until_blocking(lambda: nodes.info(port).get("cluster_state") == "fail", 30,
                                 what="a cluster-enabled node without slots")
             yield f"127.0.0.1:{port}"
         finally:
