@@ -8,16 +8,14 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-import time
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from btsguru.sports.base import Phase
 from tests.conftest import make_test_config
-from tests.pusher_node import NODE_DIR, node_with_packages, sdk
-from tests.realtime_helpers import TIMEOUT_S, relay
+from tests.pusher_node import NODE_DIR, NodeClient, node_with_packages, sdk
+from tests.realtime_helpers import relay
 from tests.store_fixtures import make_game
 
 ECHO_SCRIPT = NODE_DIR / "echo_client.mjs"
@@ -26,31 +24,6 @@ ECHO_SCRIPT = NODE_DIR / "echo_client.mjs"
 @pytest.fixture(scope="module")
 def node() -> Path:
     return node_with_packages()
-
-
-class EchoClient:
-    def __init__(self, process: asyncio.subprocess.Process) -> None:
-        self.process = process
-        self.lines: list[dict[str, Any]] = []
-
-    async def wait(self, condition: Any, timeout_s: float = TIMEOUT_S) -> dict[str, Any]:
-        for line in self.lines:
-            if condition(line):
-                return line
-        deadline = time.monotonic() + timeout_s
-        assert self.process.stdout is not None
-        while True:
-            try:
-                raw = await asyncio.wait_for(self.process.stdout.readline(),
-                                             max(0.01, deadline - time.monotonic()))
-            except TimeoutError:
-                raise AssertionError(f"Echo printed nothing more; so far {self.lines}") \
-                    from None
-            if not raw:
-                raise AssertionError(f"Echo exited; it printed {self.lines}")
-            self.lines.append(json.loads(raw))
-            if condition(self.lines[-1]):
-                return self.lines[-1]
 
 
 async def test_echo_gets_cached_encrypted_and_user_events(tmp_path, node):
@@ -67,7 +40,7 @@ async def test_echo_gets_cached_encrypted_and_user_events(tmp_path, node):
         process = await asyncio.create_subprocess_exec(
             str(node), str(ECHO_SCRIPT), json.dumps(options), stdout=asyncio.subprocess.PIPE,
             cwd=str(NODE_DIR))
-        echo = EchoClient(process)
+        echo = NodeClient(process)  # the same JSON-lines reading as pusher-js's
         try:
             for kind in ("channel", "encrypted"):
                 snapshot = await echo.wait(lambda m, k=kind: m["type"] == "event"
